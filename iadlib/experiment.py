@@ -1,0 +1,174 @@
+"""One experiment = build a dataset and a detector, fit, predict, score, record with provenance.
+
+``run_experiment`` is what chapters call for every table cell. It reuses a finished record with
+the same parameters (unless ``force=True``), measures fit time, prediction time per image and peak
+memory, computes the metrics the data allows (image AUROC always; pixel AUROC and AU-PRO when the
+test split has masks; AU-sPRO for LOCO-style regions) and writes one atomic record, plus an
+``.npz`` beside it with the image scores and a few anomaly maps for the chapter's figures.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import get_dataset
+from .data.base import ADDataset, Split
+from .models import get_model
+from .models.base import Detector
+from .results import ResultStore, experiment_key
+from .utils import PeakMemory, atomic_path, resolve_device
+
+
+def masks_of(split: Split, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """Stack the split's masks as bool ``[N,H,W]`` (None when the dataset has no masks)."""
+    masks = split.masks()
+    if any(m is None for m in masks):
+        return None
+    return np.stack(masks).astype(bool)
+
+
+def evaluate(split: Split, scores: np.ndarray, maps: np.ndarray | None) -> dict[str, float]:
+    """Every metric the split's ground truth supports."""
+    from . import metrics as M
+
+    labels = split.labels
+    out = {"image_auroc": M.image_auroc(labels, scores)}
+    if hasattr(M, "image_aupr"):
+        out["image_aupr"] = M.image_aupr(labels, scores)
+    if hasattr(M, "f1_max"):
+        f1 = M.f1_max(labels, scores)
+        out["f1_max"] = f1[0] if isinstance(f1, tuple) else f1
+    masks = masks_of(split)
+    if maps is not None and masks is not None and masks.any():
+        out["pixel_auroc"] = M.pixel_auroc(masks, maps)
+        if hasattr(M, "au_pro"):
+            out["au_pro"] = M.au_pro(maps, masks, fpr_limit=0.3)
+    samples = list(split)
+    if maps is not None and any(s.regions for s in samples) and hasattr(M, "au_spro"):
+        regions = [np.stack(s.regions) if s.regions else np.zeros((0, *maps.shape[1:]), bool) for s in samples]
+        sats = [list(s.saturations or []) for s in samples]
+        defects = np.array(split.defects)
+        out["au_spro"] = M.au_spro(maps, regions, sats, fpr_limit=0.05)
+        for kind in ("logical_anomalies", "structural_anomalies"):
+            sel = (defects == "good") | (defects == kind)
+            if (defects == kind).any():
+                idx = np.flatnonzero(sel)
+                short = kind.split("_")[0]
+                out[f"au_spro_{short}"] = M.au_spro(
+                    maps[idx], [regions[i] for i in idx], [sats[i] for i in idx], fpr_limit=0.05
+                )
+                out[f"image_auroc_{short}"] = M.image_auroc(labels[idx], scores[idx])
+    return out
+
+
+def run_experiment(
+    chapter: str,
+    method: str,
+    dataset: str | ADDataset,
+    model_cfg: dict[str, Any] | None = None,
+    dataset_cfg: dict[str, Any] | None = None,
+    *,
+    profile: str = "quick",
+    seed: int = 0,
+    device: str = "auto",
+    paper: str = "",
+    table: str = "",
+    backbone: str | None = None,
+    store: ResultStore | None = None,
+    force: bool = False,
+    n_maps: int = 8,
+) -> dict[str, Any]:
+    """Fit ``method`` on ``dataset``'s train split, evaluate on its test split, record the result.
+
+    Returns the stored record (``record["metrics"]``, ``record["extra"]``) with the path of the
+    ``.npz`` of predictions under ``record["extra"]["predictions"]``.
+    """
+    store = store or ResultStore()
+    model_cfg = dict(model_cfg or {})
+    dataset_cfg = dict(dataset_cfg or {})
+    ds_name = dataset if isinstance(dataset, str) else dataset.name
+    category = dataset_cfg.get("category") if isinstance(dataset, str) else dataset.category
+    params = {
+        "paper": paper,
+        "table": table,
+        "method": method,
+        "dataset": ds_name,
+        "category": category,
+        "dataset_cfg": dataset_cfg,
+        "model_cfg": model_cfg,
+        "profile": profile,
+        "seed": seed,
+        "device": resolve_device(device).type,
+    }
+    if not force:
+        done = store.get(chapter, params)
+        if done is not None and Path(done["extra"].get("predictions", "")).is_file():
+            return done
+    ds = get_dataset(ds_name, seed=seed, **dataset_cfg) if isinstance(dataset, str) else dataset
+    model: Detector = get_model(method, seed=seed, device=device, **model_cfg)
+    with PeakMemory() as mem_fit:
+        model.fit(ds.train)
+    with PeakMemory() as mem_pred:
+        scores, maps = model.predict(ds.test)
+    metrics = evaluate(ds.test, scores, maps)
+    key = experiment_key(params)
+    pred_path = store.root / chapter / f"{key}.npz"
+    labels = ds.test.labels
+    pick = _example_indices(labels, scores, n_maps)
+    with atomic_path(pred_path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                scores=scores,
+                labels=labels,
+                example_idx=pick,
+                example_maps=maps[pick].astype(np.float16),
+                example_images=np.stack([_as_rgb(ds.test[int(i)].image, maps.shape[1:]) for i in pick]),
+                example_masks=np.stack(
+                    [
+                        ds.test[int(i)].mask if ds.test[int(i)].mask is not None else np.zeros(maps.shape[1:], bool)
+                        for i in pick
+                    ]
+                ),
+            )
+    extra = {
+        "backbone": backbone or model.config.get("backbone", ""),
+        "image_size": model.config.get("image_size"),
+        "epochs": model.config.get("epochs"),
+        "n_train": len(ds.train),
+        "n_test": len(ds.test),
+        "fit_seconds": mem_fit.seconds,
+        "predict_ms_per_image": 1000.0 * mem_pred.seconds / max(1, len(ds.test)),
+        "peak_rss_mb": max(mem_fit.peak_rss, mem_pred.peak_rss) / 2**20,
+        "peak_cuda_mb": max(mem_fit.peak_cuda, mem_pred.peak_cuda) / 2**20,
+        "history": {k: list(map(float, v)) for k, v in model.history.items()},
+        "predictions": str(pred_path),
+        "timestamp_unix": time.time(),
+    }
+    return store.put(chapter, params, metrics, extra, device=device)
+
+
+def _example_indices(labels: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
+    """Half normal, half anomalous examples spread over the score range (deterministic)."""
+    out = []
+    for lab in (0, 1):
+        idx = np.flatnonzero(labels == lab)
+        if len(idx) == 0:
+            continue
+        idx = idx[np.argsort(scores[idx])]
+        k = min(len(idx), n // 2)
+        out.extend(idx[np.linspace(0, len(idx) - 1, k).round().astype(int)])
+    return np.array(out, dtype=int)
+
+
+def _as_rgb(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(image)
+    if im.size != (shape[1], shape[0]):
+        im = im.resize((shape[1], shape[0]), Image.BILINEAR)
+    return np.asarray(im.convert("RGB"))

@@ -1,0 +1,213 @@
+"""The detector protocol every method follows, and the few helpers they share.
+
+A detector is built by ``get_model(name, **cfg)`` and has
+
+* ``fit(train)``: learn from normal images only (a :class:`~iadlib.data.Split`, samples, or a
+  uint8 array ``[N,H,W]`` / ``[N,H,W,3]``); returns ``self``;
+* ``predict(images)``: ``(scores [N] float, maps [N,H,W] float)``, maps at the input resolution;
+* ``save(path)`` / ``Detector.load(path)``: a versioned checkpoint written atomically.
+
+Subclasses implement ``_fit(images)``, ``_predict(images) -> (scores, low-res maps)`` and
+``_get_state()`` / ``_set_state(state)``; everything else lives here once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.base import as_image_list
+from ..errors import CheckpointError, DatasetError, TrainingError
+from ..utils import resolve_device, seed_everything, torch_save_atomic
+
+FORMAT_VERSION = 1
+
+
+def images_to_tensor(images: Sequence[np.ndarray], size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 images (grey or RGB) → float ``[N,3,S,S]`` in [0, 1], resized with antialiased bilinear."""
+    out = []
+    for im in images:
+        t = torch.from_numpy(np.ascontiguousarray(im))
+        t = t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
+        out.append(t)
+    shapes = {tuple(t.shape) for t in out}
+    if size is None and len(shapes) > 1:
+        raise DatasetError(f"images of different sizes {sorted(shapes)[:3]}…; give a target size")
+    if len(shapes) == 1:
+        x = torch.stack(out).float().div_(255.0)
+        if size is not None:
+            x = _resize(x, size)
+        return x
+    return torch.cat([_resize(t[None].float().div_(255.0), size) for t in out])
+
+
+def _resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def iter_batches(
+    images: Sequence[np.ndarray],
+    batch_size: int,
+    size: int | tuple[int, int] | None,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
+    """Yield float batches ``[B,3,S,S]`` in [0, 1] on ``device``."""
+    for i in range(0, len(images), batch_size):
+        yield images_to_tensor(images[i : i + batch_size], size).to(device, non_blocking=True)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    radius = max(1, int(truncate * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``[N,H,W]`` maps (reflect padding, as scipy's default)."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma).to(maps.device, maps.dtype)
+    r = k.numel() // 2
+    x = maps[:, None]
+    x = F.pad(x, (r, r, 0, 0), mode="reflect" if x.shape[-1] > r else "replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, r, r), mode="reflect" if x.shape[-2] > r else "replicate")
+    x = F.conv2d(x, k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of ``[N,h,w]`` maps to ``size``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def check_loss(loss: torch.Tensor | float, step: int | str, model: str = "") -> float:
+    """Return ``float(loss)``; raise :class:`TrainingError` naming the step if it is NaN or inf."""
+    val = float(loss)
+    if not math.isfinite(val):
+        raise TrainingError(
+            f"{model or 'training'} diverged: loss is {val} at step {step}; "
+            "lower the learning rate or check the input data"
+        )
+    return val
+
+
+class Detector:
+    """Base class of every anomaly detector (see the module docstring for the protocol)."""
+
+    name: ClassVar[str] = "detector"
+    #: Resolution at which the model works (images are resized to it).
+    default_image_size: ClassVar[int] = 224
+
+    def __init__(self, image_size: int | None = None, device: str = "auto", seed: int = 0, batch_size: int = 32):
+        self.config: dict[str, Any] = {
+            "image_size": image_size or self.default_image_size,
+            "device": device,
+            "seed": seed,
+            "batch_size": batch_size,
+        }
+        self.image_size = self.config["image_size"]
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.fitted = False
+        self.history: dict[str, list[float]] = {}
+
+    # --- to implement -------------------------------------------------------------------------
+    def _fit(self, images: list[np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _predict(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return image scores ``[N]`` and anomaly maps ``[N,h,w]`` at any resolution."""
+        raise NotImplementedError
+
+    def _get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------
+    def fit(self, train: Any) -> Detector:
+        """Fit on normal images only. Returns ``self``."""
+        images = as_image_list(train)
+        seed_everything(self.seed)
+        self._fit(images)
+        self.fitted = True
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Score images: ``(scores [N], maps [N,H,W])``, maps at the input images' resolution."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() (or load()) before predict()")
+        imgs = as_image_list(images)
+        sizes = {im.shape[:2] for im in imgs}
+        if len(sizes) > 1:
+            raise DatasetError(
+                f"predict() got images of several sizes {sorted(sizes)[:3]}; predict them per size "
+                "or resize them first"
+            )
+        scores, maps = self._predict(imgs)
+        maps = upsample_maps(maps.float(), imgs[0].shape[:2])
+        scores_np = scores.float().cpu().numpy().astype(np.float64)
+        if not np.isfinite(scores_np).all():
+            raise TrainingError(f"{self.name}: non-finite anomaly scores; the model diverged or is untrained")
+        return scores_np, maps.cpu().numpy().astype(np.float32)
+
+    def save(self, path: str | Path) -> Path:
+        """Write a versioned checkpoint (format version, model name, config, state) atomically."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: nothing to save before fit()")
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "model": self.name,
+            "config": self.config,
+            "state": self._get_state(),
+            "history": self.history,
+        }
+        torch_save_atomic(payload, path)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Detector:
+        """Load a checkpoint written by :meth:`save`; refuses other models and format versions."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(payload, dict) or "format_version" not in payload:
+            raise CheckpointError(f"{path}: not an iadlib checkpoint")
+        if payload["format_version"] != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: checkpoint format {payload['format_version']}, this iadlib reads {FORMAT_VERSION}"
+            )
+        from . import get_model
+
+        if cls is not Detector and payload["model"] != cls.name:
+            raise CheckpointError(f"{path}: checkpoint of model {payload['model']!r}, not {cls.name!r}")
+        cfg = dict(payload["config"], device=device)
+        model = get_model(payload["model"], **cfg)
+        model._set_state(payload["state"])
+        model.history = payload.get("history", {})
+        model.fitted = True
+        return model
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({cfg})"
