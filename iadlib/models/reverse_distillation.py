@@ -1,0 +1,354 @@
+"""Reverse Distillation from a one-class embedding (Deng & Li, CVPR 2022), MIAD appendix A.2.1.
+
+A teacher–student pair in which the student runs *backwards*: the teacher ``E`` is a frozen,
+ImageNet-pretrained encoder; the student ``D`` is a decoder that must rebuild the teacher's
+multi-scale features from a compact one-class embedding ``φ`` produced by a trainable *one-class
+bottleneck embedding* (OCBE). Anomalies, never seen in training, are not carried through the
+bottleneck, so the student cannot restore the teacher's features there.
+
+* **Teacher** ``E``: stages ``k = 1..K`` of the backbone (``layers``), features ``f_E^k``
+  (WideResNet50 ``layer1..3`` in the paper; ``efficientnet_lite0`` stages 1–3, strides 4/8/16,
+  stand in here).
+* **OCBE** (paper §3.2): *multi-scale feature fusion* (MFF) brings every ``f_E^k`` to the last
+  stage's resolution with stride-2 3×3 conv + BN + ReLU layers and concatenates them; the
+  *one-class embedding* (OCE) block, a residual stage with stride 2, compresses the fusion into
+  ``φ`` (channels ``embed_dim``, stride twice the last stage's).
+* **Student** ``D``: mirrors ``E``: per stage, from deep to shallow, a 2×2 transposed convolution
+  (stride 2) + BN + ReLU followed by residual blocks, giving ``f_D^k`` with ``f_E^k``'s channels.
+* **Eq. (2)** per-location cosine distance
+  ``M^k(h, w) = 1 − f_E^k(h,w)ᵀ f_D^k(h,w) / (‖f_E^k(h,w)‖ ‖f_D^k(h,w)‖)``.
+* **Eq. (3)** knowledge-distillation loss ``L_KD = Σ_k 1/(H_k W_k) Σ_{h,w} M^k(h, w)`` (averaged over
+  the batch). ``loss="flattened"`` uses the official code's variant instead: one cosine distance
+  per stage between the flattened feature maps.
+* **Eq. (4)** anomaly map ``S_AL = Σ_k Ψ(M^k)`` with ``Ψ`` bilinear up-sampling to the image size,
+  smoothed by a Gaussian (σ = 4 px at 256 px); the image score is the map's maximum.
+
+Training follows A.2.1: Adam, lr 0.005, β = (0.5, 0.999), 256×256 inputs, no augmentation. The
+teacher is frozen, so its features are computed once and cached (``cache_features``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..backbones import load_backbone
+from ..errors import ConfigError, TrainingError
+from . import register_model
+from .base import Detector, check_loss, gaussian_blur, iter_batches
+
+#: Cache the teacher features of the training set when they take at most this many bytes.
+CACHE_LIMIT_BYTES = 2 * 2**30
+
+
+def _log2_ratio(big: int, small: int) -> int:
+    """Number of factor-2 steps between two feature resolutions (rounded: 50 → 13 is two steps)."""
+    return max(0, round(math.log2(big / small)))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block ``ReLU(x + BN(conv3×3(ReLU(BN(conv3×3(x))))))`` (optional stride / width change)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idt = x if self.down is None else self.down(x)
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(y)) + idt, inplace=True)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class OCBE(nn.Module):
+    """One-class bottleneck embedding (paper §3.2): multi-scale feature fusion + one-class embedding.
+
+    MFF: stage ``k`` goes through ``log2(s_K / s_k)`` stride-2 3×3 conv + BN + ReLU layers to the last
+    stage's resolution and ``c_K`` channels; the results are concatenated (``K · c_K`` channels).
+    OCE: ``n_blocks`` residual blocks, the first with stride 2, to ``embed_dim`` channels: ``φ``.
+    """
+
+    def __init__(self, channels: Sequence[int], sizes: Sequence[int], embed_dim: int, n_blocks: int = 1):
+        super().__init__()
+        c_last, s_last = channels[-1], sizes[-1]
+        self.mff = nn.ModuleList()
+        for c, s in zip(channels, sizes):
+            steps = _log2_ratio(s, s_last)
+            layers: list[nn.Module] = []
+            cin = c
+            for i in range(steps):
+                cout = c_last if i == steps - 1 else max(c, c_last // 2 ** (steps - 1 - i))
+                layers.append(_conv_bn_relu(cin, cout, 2))
+                cin = cout
+            self.mff.append(nn.Sequential(*layers) if layers else nn.Identity())
+        blocks = [BasicBlock(c_last * len(channels), embed_dim, stride=2)]
+        blocks += [BasicBlock(embed_dim, embed_dim) for _ in range(n_blocks - 1)]
+        self.oce = nn.Sequential(*blocks)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = feats[-1].shape[-2:]
+        parts = [m(f) for m, f in zip(self.mff, feats)]
+        parts = [p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear") for p in parts]
+        fused = torch.cat(parts, dim=1)
+        return self.oce(fused)
+
+
+class UpStage(nn.Module):
+    """One student stage: 2^n× up-sampling by transposed convolution + BN + ReLU, then residual blocks."""
+
+    def __init__(self, cin: int, cout: int, factor: int, n_blocks: int):
+        super().__init__()
+        if factor > 1:
+            self.up = nn.Sequential(
+                nn.ConvTranspose2d(cin, cout, factor, factor, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.up = _conv_bn_relu(cin, cout, 1)
+        self.blocks = nn.Sequential(*[BasicBlock(cout, cout) for _ in range(n_blocks)])
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        y = self.up(x)
+        if tuple(y.shape[-2:]) != tuple(size):  # odd feature sizes (image sizes not a multiple of 32)
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return self.blocks(y)
+
+
+class StudentDecoder(nn.Module):
+    """The student ``D``: mirrors the teacher, from ``φ`` to ``f_D^K``, …, ``f_D^1`` (shallow first)."""
+
+    def __init__(self, channels: Sequence[int], sizes: Sequence[int], embed_dim: int, n_blocks: int = 2):
+        super().__init__()
+        stages = []
+        cin, s_in = embed_dim, max(1, (sizes[-1] + 1) // 2)
+        for c, s in zip(reversed(channels), reversed(sizes)):
+            stages.append(UpStage(cin, c, 2 ** _log2_ratio(s, s_in), n_blocks))
+            cin, s_in = c, s
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, phi: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        out = []
+        x = phi
+        for stage, size in zip(self.stages, reversed(sizes)):
+            x = stage(x, size)
+            out.append(x)
+        return out[::-1]
+
+
+class ReverseDistillationNet(nn.Module):
+    """OCBE + student decoder (the trainable part); the frozen teacher lives in the detector."""
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        sizes: Sequence[int],
+        embed_dim: int,
+        oce_blocks: int = 1,
+        decoder_blocks: int = 2,
+    ):
+        super().__init__()
+        self.bottleneck = OCBE(channels, sizes, embed_dim, oce_blocks)
+        self.decoder = StudentDecoder(channels, sizes, embed_dim, decoder_blocks)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return self.decoder(self.bottleneck(feats), [tuple(f.shape[-2:]) for f in feats])
+
+
+def cosine_distance_maps(
+    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Eq. (2): ``M^k = 1 − cos(f_E^k, f_D^k)`` along channels, one ``[B,H_k,W_k]`` map per stage."""
+    return [1.0 - F.cosine_similarity(t, s, dim=1, eps=1e-6) for t, s in zip(teacher, student)]
+
+
+def rd_loss(
+    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], mode: str = "pixel"
+) -> torch.Tensor:
+    """Eq. (3) ``L_KD = Σ_k mean_{h,w} M^k`` (batch mean); ``mode="flattened"``: official-code variant."""
+    if mode == "pixel":
+        return sum(m.mean() for m in cosine_distance_maps(teacher, student))
+    return sum(
+        (1.0 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1, eps=1e-6)).mean()
+        for t, s in zip(teacher, student)
+    )
+
+
+@register_model("reverse_distillation")
+class ReverseDistillation(Detector):
+    """Reverse Distillation detector (see the module docstring for the equations)."""
+
+    default_image_size = 256
+
+    def __init__(
+        self,
+        *,
+        image_size: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        epochs: int = 200,
+        lr: float = 0.005,
+        betas: tuple[float, float] = (0.5, 0.999),
+        backbone: str = "efficientnet_lite0",
+        layers: Sequence[int] = (1, 2, 3),
+        weights: str | None = None,
+        embed_dim: int | None = None,
+        oce_blocks: int = 1,
+        decoder_blocks: int = 2,
+        loss: str = "pixel",
+        sigma: float | None = None,
+        cache_features: bool | None = None,
+        verbose: bool = False,
+    ):
+        super().__init__(image_size, device, seed, batch_size)
+        if loss not in ("pixel", "flattened"):
+            raise ConfigError(f"reverse_distillation: loss={loss!r}; valid: 'pixel' (Eq. 3), 'flattened'")
+        if epochs < 1 or lr <= 0:
+            raise ConfigError(
+                f"reverse_distillation: need epochs >= 1 and lr > 0, got epochs={epochs}, lr={lr}"
+            )
+        layers = tuple(int(i) for i in layers)
+        if len(layers) < 2 or list(layers) != sorted(set(layers)):
+            raise ConfigError(
+                f"reverse_distillation: layers must be >= 2 increasing stage indices, got {layers}"
+            )
+        self.config.update(
+            epochs=epochs,
+            lr=lr,
+            betas=tuple(betas),
+            backbone=backbone,
+            layers=layers,
+            weights=weights,
+            embed_dim=embed_dim,
+            oce_blocks=oce_blocks,
+            decoder_blocks=decoder_blocks,
+            loss=loss,
+            sigma=sigma,
+            cache_features=cache_features,
+            verbose=verbose,
+        )
+        self.sigma = 4.0 * self.image_size / 256 if sigma is None else float(sigma)
+        self.encoder = load_backbone(backbone, layers, self.device, weights=weights)
+        self.encoder.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            probe = self.encoder(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
+        channels = [int(f.shape[1]) for f in probe]
+        sizes = [int(f.shape[-1]) for f in probe]
+        with torch.random.fork_rng(devices=[]):  # initial weights from `seed`, global RNG untouched
+            torch.manual_seed(seed)
+            self.net = ReverseDistillationNet(
+                channels,
+                sizes,
+                embed_dim or 2 * channels[-1],
+                oce_blocks=oce_blocks,
+                decoder_blocks=decoder_blocks,
+            ).to(self.device)
+
+    # --- teacher features -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _teacher(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [f.contiguous() for f in self.encoder(x.contiguous(memory_format=torch.channels_last))]
+
+    def _train_batches(self, images: list[np.ndarray], gen: torch.Generator) -> Iterator[list[torch.Tensor]]:
+        """One epoch of shuffled teacher-feature batches (from the cache when it exists)."""
+        perm = torch.randperm(len(images), generator=gen)
+        bs = self.batch_size
+        if self._cache is not None:
+            for i in range(0, len(perm), bs):
+                idx = perm[i : i + bs].to(self._cache[0].device)
+                yield [f[idx] for f in self._cache]
+        else:
+            order = [images[int(j)] for j in perm]
+            for x in iter_batches(order, bs, self.image_size, self.device):
+                yield self._teacher(x)
+
+    def _fit(self, images: list[np.ndarray]) -> None:
+        cfg = self.config
+        if len(images) < 2:
+            raise TrainingError("reverse_distillation: need at least 2 training images (BatchNorm)")
+        with torch.no_grad():
+            first = self._teacher(next(iter_batches(images[:1], 1, self.image_size, self.device)))
+        per_image = sum(f[0].numel() for f in first) * 4
+        cache = cfg["cache_features"]
+        if cache is None:
+            cache = per_image * len(images) <= CACHE_LIMIT_BYTES
+        self._cache = None
+        if cache:
+            chunks = [
+                self._teacher(x)
+                for x in tqdm(
+                    iter_batches(images, self.batch_size, self.image_size, self.device),
+                    total=math.ceil(len(images) / self.batch_size),
+                    desc="RD teacher features",
+                    disable=not cfg["verbose"],
+                    leave=False,
+                )
+            ]
+            self._cache = [torch.cat(parts) for parts in zip(*chunks)]
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]))
+        gen = torch.Generator().manual_seed(self.seed)
+        self.history["loss"] = []
+        self.net.train()
+        step = 0
+        for epoch in tqdm(range(cfg["epochs"]), desc="reverse distillation", disable=not cfg["verbose"]):
+            total, n = 0.0, 0
+            for feats in self._train_batches(images, gen):
+                if feats[0].shape[0] < 2:  # BatchNorm needs two samples; drop a last batch of one
+                    continue
+                loss = rd_loss(feats, self.net(feats), cfg["loss"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += check_loss(loss.detach(), f"{step} (epoch {epoch})", self.name) * feats[0].shape[0]
+                n += feats[0].shape[0]
+                step += 1
+            self.history["loss"].append(total / max(n, 1))
+        self._cache = None
+        self.net.eval()
+
+    def anomaly_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Eq. (4) for a float batch ``[B,3,S,S]``: the summed up-sampled map and the per-stage maps."""
+        feats = self._teacher(x)
+        maps = cosine_distance_maps(feats, self.net(feats))
+        size = tuple(x.shape[-2:])
+        total = sum(
+            F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in maps
+        )
+        return total, maps
+
+    @torch.no_grad()
+    def _predict(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.net.eval()
+        scores, maps = [], []
+        for x in iter_batches(images, self.batch_size, self.image_size, self.device):
+            amap, _ = self.anomaly_maps(x)
+            amap = gaussian_blur(amap, self.sigma)
+            scores.append(amap.flatten(1).amax(1).cpu())
+            maps.append(amap.cpu())
+        return torch.cat(scores), torch.cat(maps)
+
+    def _get_state(self) -> dict[str, Any]:
+        return {"net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.net.eval()
