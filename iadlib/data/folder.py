@@ -209,7 +209,8 @@ def _defect_records(
                     raise DatasetError(
                         f"{p}: no ground-truth mask {mdir}/{p.stem}_mask.png (image without its mask)"
                     )
-            has_masks = mask_root is not None
+            # require_masks=False: an anomalous image without its mask gets mask None
+            has_masks = mask_root is not None and (label == 0 or mpath is not None)
             out.append(
                 record(
                     p,

@@ -17,7 +17,8 @@ carry the defect's ``pixel_value`` from ``defects_config.json``::
 A sample keeps the regions separately (``sample.regions``, bool masks) with their saturation
 areas (``sample.saturations``, pixels) and names (``sample.meta["region_defects"]``); ``sample.mask``
 is their union. Saturation area of region *A_i* (official AU-sPRO convention):
-``int(t · |A_i|)`` when the threshold *t* is relative, ``min(t, |A_i|)`` when absolute. With
+``int(t · |A_i|)`` when the threshold *t* is relative, ``min(t, |A_i|)`` when absolute (at least
+one pixel). With
 ``image_size`` the regions are resized (nearest) and absolute thresholds scaled by the area ratio.
 """
 
@@ -78,8 +79,13 @@ def read_defects_config(path: Path) -> dict[int, dict[str, Any]]:
 
 
 def saturation_area(region_area: int, threshold: float, relative: bool) -> float:
-    """Saturation area of one region in pixels: ``int(t·area)`` (relative) or ``min(t, area)``."""
-    return float(int(threshold * region_area)) if relative else float(min(threshold, region_area))
+    """Saturation area of one region in pixels: ``int(t·area)`` (relative) or ``min(t, area)``.
+
+    Never below one pixel for a non-empty region (a tiny resized region would otherwise get 0 and
+    divide by zero in sPRO).
+    """
+    s = float(int(threshold * region_area)) if relative else float(min(threshold, region_area))
+    return max(s, 1.0) if region_area > 0 else s
 
 
 def load_loco_sample(

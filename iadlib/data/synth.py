@@ -862,7 +862,13 @@ def _cmp_defect(kind: str, spec: dict[str, Any], rng: np.random.Generator, size:
 
 
 def loco_sample(
-    category: str, seed: int, split: str, index: int, image_size: int = 256, kind: str = "good"
+    category: str,
+    seed: int,
+    split: str,
+    index: int,
+    image_size: int = 256,
+    kind: str = "good",
+    reference: bool = False,
 ) -> tuple[np.ndarray, list[tuple[str, np.ndarray]], dict[str, Any]]:
     """One ``synth_loco`` image: ``(image, [(defect name, region mask)], info)``.
 
@@ -870,6 +876,7 @@ def loco_sample(
     set of pixels its defect changed (rendered alone against the same scene), except that
     ``wrong_hole_size`` covers the whole hole (old and new disk) and the compartment rules
     (``missing_item``/``extra_item``) cover the whole compartment, the area where the part may lie.
+    ``reference=True`` adds the defect-free render of the same scene as ``info["reference"]``.
     """
     if category not in LOCO_CATEGORIES:
         raise ConfigError(f"unknown synth_loco category {category!r}; valid: {', '.join(LOCO_CATEGORIES)}")
@@ -910,7 +917,10 @@ def loco_sample(
             region = region | ((u >= u0) & (u <= u1) & (v >= v0) & (v <= v1))
         regions.append((name, region))
     image = render(scene, full, th, fields)
-    return image, regions, {"defects": chosen}
+    info: dict[str, Any] = {"defects": chosen}
+    if reference:
+        info["reference"] = good
+    return image, regions, info
 
 
 def _merge_spec(full: dict[str, Any], one: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
