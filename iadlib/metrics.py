@@ -74,10 +74,12 @@ def _check_labels_binary(labels: np.ndarray, what: str) -> np.ndarray:
 
 
 def _check_binary(
-    labels: Any, scores: Any, what: str, need_both: bool = True
+    labels: Any, scores: Any, what: str, need_both: bool = True, keep_float32: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     labels = _as_numpy(labels).ravel()
-    scores = _as_numpy(scores).astype(np.float64, copy=False).ravel()
+    scores = _as_numpy(scores).ravel()
+    if not (keep_float32 and scores.dtype == np.float32):
+        scores = scores.astype(np.float64, copy=False)
     if labels.shape != scores.shape:
         raise MetricError(f"{what}: {labels.size} labels but {scores.size} scores")
     if labels.size == 0:
@@ -146,19 +148,27 @@ def _pick_device(device: str | torch.device | None, *tensors: Any) -> torch.devi
 # image level
 # ----------------------------------------------------------------------------------------------
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann–Whitney form of the ROC area with average ranks for ties (equals the trapezoid ROC)."""
-    order = np.argsort(scores, kind="mergesort")
-    s = scores[order]
-    ranks = np.empty(s.size, dtype=np.float64)
-    # average ranks of tied groups
-    boundaries = np.flatnonzero(np.diff(s)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [s.size]])
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    n_pos = labels.sum()
-    n_neg = labels.size - n_pos
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """ROC area as the Mann–Whitney statistic with ties counted one half (equals the trapezoid ROC).
+
+    ``AUC = Σ_g [N₋(< g)·P(g) + ½·P(g)·N₋(g)] / (P·N)`` over the groups ``g`` of tied scores, from
+    one torch sort and integer cumulative counts (exact; float32 scores are sorted as float32).
+    """
+    sc = torch.from_numpy(np.ascontiguousarray(scores))
+    lab = torch.from_numpy(np.ascontiguousarray(labels))
+    s, order = torch.sort(sc)
+    cum_pos = torch.cumsum(lab[order].to(torch.int64), 0)
+    ends = torch.ones(s.numel(), dtype=torch.bool)
+    ends[:-1] = s[1:] != s[:-1]
+    end_idx = torch.nonzero(ends).squeeze(1)
+    cp = cum_pos[end_idx]
+    cn = end_idx + 1 - cp
+    zero = torch.zeros(1, dtype=torch.int64)
+    p_in = torch.diff(cp, prepend=zero)
+    n_in = torch.diff(cn, prepend=zero)
+    n_below = cn - n_in
+    n_pos, n_neg = int(cp[-1]), int(cn[-1])
+    num = int(torch.sum(n_below * p_in)) + 0.5 * int(torch.sum(p_in * n_in))
+    return float(num / (n_pos * n_neg))
 
 
 def binary_curve(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -288,13 +298,13 @@ def _check_masks_maps(masks: Any, maps: Any, what: str) -> tuple[np.ndarray, np.
 def pixel_auroc(masks, maps) -> float:
     """Pixel-level ROC area over all pixels of all images.
 
-    ``masks`` bool ``[N,H,W]``, ``maps`` ``[N,H,W]``.
+    ``masks`` bool ``[N,H,W]``, ``maps`` ``[N,H,W]`` (float32 maps are ranked in float32).
     """
-    masks = np.asarray(masks)
-    maps = np.asarray(maps)
+    masks = _as_numpy(masks)
+    maps = _as_numpy(maps)
     if masks.shape != maps.shape:
         raise MetricError(f"pixel_auroc: masks {masks.shape} and maps {maps.shape} differ in shape")
-    lab, sc = _check_binary(masks.ravel(), maps.ravel(), "pixel_auroc")
+    lab, sc = _check_binary(masks.ravel(), maps.ravel(), "pixel_auroc", keep_float32=True)
     return _auroc(lab, sc)
 
 
