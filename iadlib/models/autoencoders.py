@@ -1,0 +1,897 @@
+"""Convolutional autoencoders and the Mixer-AE (Rotondi & Lavalle, *Unsupervised anomaly detection
+in industrial image data with autoencoders*).
+
+What lives here, with the paper's numbering:
+
+* :class:`ConvAE` — the CAE of **Table 1** (256 px input, seven 4×4 convolutions 3→16→…→1024, an
+  MLP to the latent code ``l_d = 128``, a mirrored ConvTranspose decoder, BatchNorm + LeakyReLU 0.2,
+  ``tanh`` output for inputs scaled to (−1, 1)); Eq. 3–5.
+* :class:`FullyConvAE` — the fully convolutional variant of **Table 2** (224 px, convolutional
+  triplets over ``[3, 64, 128, 256, 512, 1024]``), the base architecture of every row of Table 3.
+* :func:`add_noise` — the denoising corruption of **Eq. 7**, ``clamp(x + v·W)``, ``W ~ N(0, 1)``.
+* :func:`jacobian_frobenius_sq` — the contractive penalty of **Eq. 8**, ``‖J_E(x)‖_F²``, estimated
+  without ever forming ``J``: Hutchinson's identity ``E_v ‖J_Eᵀ v‖² = tr(J_E J_Eᵀ) = ‖J_E‖_F²``
+  with one vector–Jacobian product (a backward pass) per random projection ``v``.
+* :class:`LatentClassifier` — the Mixer's category classifier on the latent code (§3.4: a 3-layer
+  MLP with dropout; a 3×3/1/0 convolution block before it for the Table 2 variant; < 1 M params).
+* :func:`ssim`, :func:`ms_ssim`, :func:`ssim_map` — SSIM of **Eq. 9** (Wang et al. 2004, Gaussian
+  window σ = 1.5, 11×11) and multi-scale SSIM (Wang et al. 2003), our own implementation (the tests
+  check it against scikit-image); :func:`reconstruction_error` turns L2 / SSIM / MS-SSIM into
+  per-image scores and per-pixel maps.
+* :class:`ClassThresholds` — the per-class running threshold of **Eq. 6**,
+  ``T_i = (1 − α)·T_{i−1} + α·(μ + β·σ)``, updated once per epoch from the batch means and standard
+  deviations of the reconstruction error, and **Algorithm 1** at inference.
+* :func:`weighted_vote` — the weighted voting ensemble of **Eq. 10**.
+* Detectors ``"cae"`` (one model, one threshold) and ``"mixer_ae"`` (CO+DE+MIX by default: one
+  model for all categories, a threshold per predicted category). Both follow the single-category
+  :class:`~iadlib.models.base.Detector` protocol *and* offer :meth:`AutoencoderDetector.fit_multi`
+  / :meth:`AutoencoderDetector.predict_multi` for the paper's multi-category setting.
+
+Training follows §3.7: Adam (lr 1e-3, eps 1e-6), ReduceLROnPlateau, early stopping on the validation
+F1 averaged over categories (patience 20) when a validation set is given, weights drawn from
+N(0, 0.02), loss = reconstruction (weight 1) + 3·cross-entropy (Mixer) + λ·‖J‖_F² (contractive).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.base import as_image_list
+from ..errors import ConfigError, DatasetError
+from ..utils import seed_everything
+from . import register_model
+from .base import Detector, check_loss, images_to_tensor, iter_batches
+
+LOSSES = ("l2", "ssim", "mssim")
+ARCHS = ("table1", "table2")
+#: MS-SSIM exponents of Wang, Simoncelli & Bovik (2003), finest scale first.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+# ------------------------------------------------------------------------------------------------
+# Architectures (Tables 1 and 2)
+# ------------------------------------------------------------------------------------------------
+def init_normal(module: nn.Module, std: float = 0.02) -> None:
+    """§3.7: weights from N(0, 0.02) (as in CycleGAN [29]); BatchNorm scales from N(1, 0.02); biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+
+
+def _cbl(conv: nn.Module, ch: int) -> list[nn.Module]:
+    """Convolution → BatchNorm → LeakyReLU(0.2), the unit of Tables 1 and 2."""
+    return [conv, nn.BatchNorm2d(ch), nn.LeakyReLU(0.2, inplace=True)]
+
+
+def _scaled(channels: Sequence[int], width: float) -> list[int]:
+    return [max(4, int(round(c * width))) for c in channels]
+
+
+class ConvAE(nn.Module):
+    """The CAE of Table 1 (Eq. 3–4: ``z = E(x)``, ``x̂ = D(z)``).
+
+    Encoder: ``n`` convolutions 4×4/2/1 (3→16→32→64→128→256→512 at 256 px), a 4×4/1/0 convolution
+    to ``bottleneck`` = 1024 channels on the remaining 4×4 map, an MLP (linear layer) to ``l_d``.
+    Decoder: the mirror with ConvTranspose layers; ``tanh`` at the end. Every convolution is
+    followed by BatchNorm and LeakyReLU(0.2). At other sizes the number of stride-2 convolutions is
+    ``log2(image_size / 4)`` (the first ones of ``channels``), so the 4×4/1/0 layer still sees 4×4.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        channels: Sequence[int] = (16, 32, 64, 128, 256, 512),
+        bottleneck: int = 1024,
+        latent_dim: int = 128,
+        width: float = 1.0,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        n_down = math.log2(image_size / 4) if image_size >= 8 else -1
+        if n_down < 1 or n_down != int(n_down):
+            raise ConfigError(f"Table 1 CAE needs image_size = 4·2^k (8, 16, …, 256), got {image_size}")
+        n_down = int(n_down)
+        if n_down > len(channels):
+            raise ConfigError(
+                f"image_size {image_size} needs {n_down} stride-2 convolutions; channels has {len(channels)}"
+            )
+        chs = _scaled(channels[:n_down], width)
+        bott = max(8, int(round(bottleneck * width)))
+        enc: list[nn.Module] = []
+        prev = in_channels
+        for c in chs:
+            enc += _cbl(nn.Conv2d(prev, c, 4, 2, 1, bias=False), c)
+            prev = c
+        enc += _cbl(nn.Conv2d(prev, bott, 4, 1, 0, bias=False), bott)
+        enc += [nn.Flatten(), nn.Linear(bott, latent_dim)]
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [
+            nn.Linear(latent_dim, bott),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Unflatten(1, (bott, 1, 1)),
+        ]
+        dec += _cbl(nn.ConvTranspose2d(bott, chs[-1], 4, 1, 0, bias=False), chs[-1])
+        rev = chs[::-1]
+        for c_in, c_out in zip(rev[:-1], rev[1:]):
+            dec += _cbl(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), c_out)
+        dec += [nn.ConvTranspose2d(rev[-1], in_channels, 4, 2, 1), nn.Tanh()]
+        self.decoder = nn.Sequential(*dec)
+        self.latent_shape: tuple[int, ...] = (latent_dim,)
+        init_normal(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return h, self.decoder(h)
+
+
+class FullyConvAE(nn.Module):
+    """The fully convolutional AE of Table 2 (the base architecture of every model in Table 3).
+
+    Encoder: for consecutive ``(i, i+1)`` of ``[3, 64, 128, 256, 512, 1024]`` a triplet
+    Conv 3×3/1/1 (i→i+1), Conv 3×3/1/1 (i+1→i+1), MaxPool 2×2 — no MaxPool in the last triplet, so
+    224 px → a 1024×14×14 latent map. Decoder: for consecutive ``(j, j+1)`` of
+    ``[1024, 512, 256, 128, 64, 3]`` a triplet ConvT 2×2/2 (j→j), Conv (j→j+1), Conv (j+1→j+1) — no
+    ConvT in the last one; ``tanh`` output. BatchNorm + LeakyReLU(0.2) after every convolution but
+    the last. The extracted table text is garbled for the decoder rows ("ConvT 2×2/2/1",
+    "Conv 4×4/2/1", which would not restore the input size); we read them as ConvT 2×2/2/0 and the
+    encoder's 3×3/1/1 convolutions, the only reading under which the decoder mirrors the encoder.
+    ``width`` scales every channel count but the image's (1.0 = the paper's).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        channels: Sequence[int] = (3, 64, 128, 256, 512, 1024),
+        width: float = 1.0,
+    ):
+        super().__init__()
+        n_pool = len(channels) - 2
+        if image_size % (2**n_pool) != 0 or image_size // (2**n_pool) < 3:
+            raise ConfigError(
+                f"Table 2 AE needs image_size divisible by {2**n_pool}, ≥ {3 * 2**n_pool}; got {image_size}"
+            )
+        chs = [channels[0]] + _scaled(channels[1:], width)
+        enc: list[nn.Module] = []
+        for k, (a, b) in enumerate(zip(chs[:-1], chs[1:])):
+            enc += _cbl(nn.Conv2d(a, b, 3, 1, 1, bias=False), b)
+            enc += _cbl(nn.Conv2d(b, b, 3, 1, 1, bias=False), b)
+            if k < len(chs) - 2:
+                enc.append(nn.MaxPool2d(2))
+        self.encoder = nn.Sequential(*enc)
+        rev = chs[::-1]
+        dec: list[nn.Module] = []
+        for k, (a, b) in enumerate(zip(rev[:-1], rev[1:])):
+            last = k == len(rev) - 2
+            if not last:
+                dec += _cbl(nn.ConvTranspose2d(a, a, 2, 2, 0, bias=False), a)
+            dec += _cbl(nn.Conv2d(a, b, 3, 1, 1, bias=False), b)
+            if last:
+                dec += [nn.Conv2d(b, b, 3, 1, 1), nn.Tanh()]
+            else:
+                dec += _cbl(nn.Conv2d(b, b, 3, 1, 1, bias=False), b)
+        self.decoder = nn.Sequential(*dec)
+        s = image_size // 2**n_pool
+        self.latent_shape = (chs[-1], s, s)
+        init_normal(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return h, self.decoder(h)
+
+
+class LatentClassifier(nn.Module):
+    """The Mixer's category classifier on the latent code ``h`` (§3.4, Figure 4).
+
+    A 3-layer MLP with ReLU and dropout; for a spatial latent (Table 2) a 3×3/1/0 convolution block
+    comes first (followed by average pooling to at most 4×4, so the MLP's size does not depend on
+    the image size). Well under 1 M parameters at the paper's sizes.
+    """
+
+    def __init__(
+        self,
+        latent_shape: tuple[int, ...],
+        n_classes: int,
+        hidden: tuple[int, int] = (256, 128),
+        dropout: float = 0.3,
+        conv_channels: int = 32,
+    ):
+        super().__init__()
+        if n_classes < 1:
+            raise ConfigError(f"the Mixer classifier needs at least one class, got {n_classes}")
+        layers: list[nn.Module] = []
+        if len(latent_shape) == 3:
+            c, s, _ = latent_shape
+            pool = max(1, min(4, s - 2))
+            layers += [
+                nn.Conv2d(c, conv_channels, 3, 1, 0),
+                nn.ReLU(inplace=True),
+                nn.AdaptiveAvgPool2d(pool),
+                nn.Flatten(),
+            ]
+            n_in = conv_channels * pool * pool
+        else:
+            n_in = int(latent_shape[0])
+        layers += [
+            nn.Linear(n_in, hidden[0]),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden[0], hidden[1]),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden[1], n_classes),
+        ]
+        self.net = nn.Sequential(*layers)
+        init_normal(self)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+def build_autoencoder(arch: str, image_size: int, width: float = 1.0, latent_dim: int = 128) -> nn.Module:
+    """``"table1"`` → :class:`ConvAE`, ``"table2"`` → :class:`FullyConvAE`."""
+    if arch == "table1":
+        return ConvAE(image_size=image_size, latent_dim=latent_dim, width=width)
+    if arch == "table2":
+        return FullyConvAE(image_size=image_size, width=width)
+    raise ConfigError(f"unknown autoencoder architecture {arch!r}; valid: {', '.join(ARCHS)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Denoising (Eq. 7) and contractive (Eq. 8) terms
+# ------------------------------------------------------------------------------------------------
+def add_noise(x: torch.Tensor, v: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 7: ``x_noise = clamp(x + v·W, −1, 1)`` with ``W ~ N(0, 1)`` elementwise."""
+    if v <= 0:
+        return x
+    w = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + v * w).clamp_(-1.0, 1.0)
+
+
+def jacobian_frobenius_sq(
+    encoder: nn.Module,
+    x: torch.Tensor,
+    n_projections: int = 1,
+    create_graph: bool = True,
+    distribution: str = "rademacher",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8's ``‖J_E(x)‖_F²`` per sample, without forming the Jacobian.
+
+    Hutchinson: for ``v`` with ``E[v vᵀ] = I`` (Rademacher ±1 or standard normal),
+    ``E_v ‖J_Eᵀ v‖² = E_v[vᵀ J J ᵀ v] = tr(J Jᵀ) = ‖J‖_F²``; ``J_Eᵀ v`` is one vector–Jacobian
+    product, i.e. one backward pass of the encoder (kept in the graph with ``create_graph`` so the
+    penalty is differentiable). Unbiased for any ``n_projections``; the cost is that of one extra
+    backward per projection instead of ``dim(h)`` backwards for the exact Jacobian. Returns the
+    latent code ``h = E(x)`` (so the caller does not run the encoder twice) and the estimate ``[B]``.
+
+    With BatchNorm in training mode the samples of a batch are coupled; the estimate then includes
+    the (small) cross-sample terms of the batch-normalised encoder.
+    """
+    if distribution not in ("rademacher", "normal"):
+        raise ConfigError(f"distribution={distribution!r}; valid: 'rademacher', 'normal'")
+    if n_projections < 1:
+        raise ConfigError(f"n_projections must be ≥ 1, got {n_projections}")
+    x_in = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        h = encoder(x_in)
+        acc = torch.zeros(x.shape[0], device=x.device, dtype=h.dtype)
+        for k in range(n_projections):
+            if distribution == "rademacher":
+                v = torch.randint(0, 2, h.shape, device=h.device).to(h.dtype).mul_(2).sub_(1)
+            else:
+                v = torch.randn_like(h)
+            (g,) = torch.autograd.grad(
+                h, x_in, grad_outputs=v, create_graph=create_graph,
+                retain_graph=create_graph or k < n_projections - 1,
+            )
+            acc = acc + g.pow(2).flatten(1).sum(1)
+    return h, acc / n_projections
+
+
+def jacobian_frobenius_sq_exact(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``‖J_E(x)‖_F²`` per sample from the full Jacobian (``torch.func.jacrev``); for tests and tiny nets."""
+    from torch.func import jacrev, vmap
+
+    def f(xi: torch.Tensor) -> torch.Tensor:
+        return encoder(xi[None])[0]
+
+    jac = vmap(jacrev(f))(x)
+    return jac.pow(2).flatten(1).sum(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# SSIM (Eq. 9) and MS-SSIM — our own implementation, checked against scikit-image in the tests
+# ------------------------------------------------------------------------------------------------
+def _gaussian_window(win_size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    r = win_size // 2
+    t = torch.arange(-r, r + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _filter(x: torch.Tensor, k: torch.Tensor, same: bool) -> torch.Tensor:
+    """Separable depthwise filtering of ``[B,C,H,W]``; ``same`` pads by reflection, else 'valid'."""
+    c = x.shape[1]
+    r = k.numel() // 2
+    if same:
+        mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+        x = F.pad(x, (r, r, r, r), mode=mode)
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim_map(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 2.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    same: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9 with α = β = γ = 1 (Wang et al. 2004): the SSIM and contrast–structure maps ``[B,C,h,w]``.
+
+    ``SSIM = l·c·s = (2μxμy + C1)(2σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2))`` with local
+    Gaussian-weighted statistics (σ = 1.5, 11×11), ``C1 = (k1·L)²``, ``C2 = (k2·L)²``; ``cs`` is the
+    contrast–structure factor ``(2σxy + C2) / (σx² + σy² + C2)`` used by MS-SSIM. ``same=False``
+    returns the 'valid' region (the border ``win_size // 2`` cropped, as scikit-image averages);
+    ``same=True`` pads by reflection and keeps the input size (for anomaly maps).
+    """
+    if x.shape != y.shape or x.ndim != 4:
+        raise DatasetError(
+            f"ssim: expected two [B,C,H,W] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if not same and min(x.shape[-2:]) < win_size:
+        raise DatasetError(
+            f"ssim: images of size {tuple(x.shape[-2:])} are smaller than the {win_size}×{win_size} window"
+        )
+    k = _gaussian_window(win_size, sigma, x.device, x.dtype)
+    c1 = (k1 * data_range) ** 2
+    c2 = (k2 * data_range) ** 2
+    mu_x = _filter(x, k, same)
+    mu_y = _filter(y, k, same)
+    sxx = _filter(x * x, k, same) - mu_x * mu_x
+    syy = _filter(y * y, k, same) - mu_y * mu_y
+    sxy = _filter(x * y, k, same) - mu_x * mu_y
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    lum = (2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
+    return lum * cs, cs
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, **kw: Any) -> torch.Tensor:
+    """Mean SSIM per image ``[B]`` (channels averaged) — equals ``skimage.metrics.structural_similarity``
+    with ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=data_range``."""
+    s, _ = ssim_map(x, y, data_range=data_range, **kw)
+    return s.flatten(1).mean(1)
+
+
+def ms_ssim_scales(size: int, win_size: int = 11, max_scales: int = len(MS_SSIM_WEIGHTS)) -> int:
+    """How many dyadic scales fit: the coarsest image must still hold one ``win_size`` window."""
+    n = 0
+    while n < max_scales and size // 2**n >= win_size:
+        n += 1
+    return n
+
+
+def ms_ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 2.0,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+    win_size: int = 11,
+    **kw: Any,
+) -> torch.Tensor:
+    """Multi-scale SSIM per image ``[B]`` (Wang, Simoncelli & Bovik 2003).
+
+    ``MS-SSIM = l_M^{w_M} · Π_{j=1..M} cs_j^{w_j}``: contrast–structure at every scale, luminance at
+    the coarsest, 2×2 average-pool downsampling between scales. When the image is too small for
+    five scales (the window must fit the coarsest one), the first ``M`` exponents are used and
+    renormalised to sum to the original total. Negative ``cs`` (anti-correlated patches) are
+    clamped to a small positive value before the fractional powers.
+    """
+    m = ms_ssim_scales(min(x.shape[-2:]), win_size, len(weights))
+    if m == 0:
+        raise DatasetError(
+            f"ms_ssim: images of size {tuple(x.shape[-2:])} are smaller than the {win_size}-px window"
+        )
+    w = torch.tensor(weights[:m], device=x.device, dtype=x.dtype)
+    w = w * (sum(weights) / w.sum())
+    vals = []
+    for j in range(m):
+        s, cs = ssim_map(x, y, data_range=data_range, win_size=win_size, **kw)
+        if j < m - 1:
+            vals.append(cs.flatten(1).mean(1))
+            x = F.avg_pool2d(x, 2)
+            y = F.avg_pool2d(y, 2)
+        else:
+            vals.append(s.flatten(1).mean(1))
+    v = torch.stack(vals, 1).clamp_min(1e-6)
+    return torch.exp((w * v.log()).sum(1))
+
+
+def reconstruction_error(
+    x: torch.Tensor, x_hat: torch.Tensor, loss: str, with_map: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-image reconstruction error ``[B]`` (the loss and the anomaly score) and optionally a map.
+
+    ``"l2"``: Eq. 5, the mean squared error ``‖x − x̂‖²/d`` (map: squared error averaged over
+    channels); ``"ssim"``: ``1 − SSIM`` (map: ``1 − SSIM`` map, same size); ``"mssim"``:
+    ``1 − MS-SSIM`` (map: the finest scale's ``1 − SSIM`` map). Inputs in (−1, 1), so L = 2.
+    """
+    if loss == "l2":
+        err = (x - x_hat).pow(2)
+        score = err.flatten(1).mean(1)
+        return score, (err.mean(1) if with_map else None)
+    if loss == "ssim":
+        score = 1.0 - ssim(x, x_hat, data_range=2.0)
+    elif loss == "mssim":
+        score = 1.0 - ms_ssim(x, x_hat, data_range=2.0)
+    else:
+        raise ConfigError(f"unknown reconstruction loss {loss!r}; valid: {', '.join(LOSSES)}")
+    amap = None
+    if with_map:
+        s, _ = ssim_map(x, x_hat, data_range=2.0, same=True)
+        amap = 1.0 - s.mean(1)
+    return score, amap
+
+
+# ------------------------------------------------------------------------------------------------
+# Thresholds (Eq. 6, Algorithm 1) and the voting ensemble (Eq. 10)
+# ------------------------------------------------------------------------------------------------
+class ClassThresholds:
+    """Per-class running thresholds of Eq. 6: ``T_i = (1 − α)·T_{i−1} + α·(μ + β·σ)``.
+
+    ``μ`` and ``σ`` are the epoch averages of the per-batch mean and standard deviation of the
+    reconstruction error of each class (§3.1: "we keep track of the mean and the standard deviation
+    of the reconstruction error of each batch and then compute their average at the end of the
+    epoch"). The first update sets ``T_1 = μ + β·σ`` (there is no ``T_0``). ``α ∈ (0, 1]`` weighs the
+    new statistics, ``β ∈ (−1, 1)`` moves the threshold by a fraction of ``σ`` (negative: more
+    recall). One class = the single global threshold of the plain CAE.
+    """
+
+    def __init__(self, n_classes: int, alpha: float = 0.5, beta: float = 0.5):
+        if not 0.0 < alpha <= 1.0:
+            raise ConfigError(f"alpha must lie in (0, 1], got {alpha}")
+        if not -1.0 < beta < 1.0:
+            raise ConfigError(f"beta must lie in (-1, 1) (Eq. 6), got {beta}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.values = np.full(n_classes, np.nan)
+        self._reset_epoch()
+
+    def _reset_epoch(self) -> None:
+        n = len(self.values)
+        self._mu_sum = np.zeros(n)
+        self._sd_sum = np.zeros(n)
+        self._count = np.zeros(n)
+
+    def observe_batch(self, errors: np.ndarray, classes: np.ndarray) -> None:
+        """Accumulate one batch's per-class mean and (population) standard deviation of the error."""
+        errors = np.asarray(errors, dtype=np.float64)
+        classes = np.asarray(classes, dtype=int)
+        for c in np.unique(classes):
+            e = errors[classes == c]
+            self._mu_sum[c] += e.mean()
+            self._sd_sum[c] += e.std()
+            self._count[c] += 1
+
+    def end_epoch(self) -> np.ndarray:
+        """Apply Eq. 6 with this epoch's averaged statistics; classes unseen this epoch keep ``T``."""
+        seen = self._count > 0
+        mu = np.where(seen, self._mu_sum / np.maximum(self._count, 1), np.nan)
+        sd = np.where(seen, self._sd_sum / np.maximum(self._count, 1), np.nan)
+        target = mu + self.beta * sd
+        first = seen & np.isnan(self.values)
+        upd = seen & ~first
+        self.values[first] = target[first]
+        self.values[upd] = (1 - self.alpha) * self.values[upd] + self.alpha * target[upd]
+        self._reset_epoch()
+        return self.values.copy()
+
+    def decide(self, scores: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+        """Algorithm 1: anomalous iff ``score > thresholds[c]`` (class 0 when ``classes`` is None)."""
+        if np.isnan(self.values).any():
+            raise ConfigError("thresholds are not set yet: train for at least one epoch")
+        scores = np.asarray(scores, dtype=np.float64)
+        classes = np.zeros(len(scores), int) if classes is None else np.asarray(classes, int)
+        return scores > self.values[classes]
+
+
+def weighted_vote(
+    decisions: np.ndarray, weights: Sequence[float] | np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 10: ``y(x) = argmax_c Σ_m w_m·I(y_m(x) = c)`` over ``c ∈ {anomaly, normal}``.
+
+    ``decisions`` is ``[M, N]`` (True = anomaly) for ``M`` detectors; ``weights`` are positive and
+    normalised to sum to 1 (equal when None). Returns the anomaly vote ``Σ_m w_m·I(y_m = anomaly)``
+    (a score in [0, 1]) and the decision ``vote ≥ 1/2``: ties go to c₁ = anomaly, the first class
+    of the paper's arg max (the conservative choice).
+    """
+    d = np.asarray(decisions, dtype=bool)
+    if d.ndim != 2 or d.shape[0] == 0:
+        raise ConfigError(f"weighted_vote: decisions must be [M detectors, N images], got shape {d.shape}")
+    w = np.ones(d.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (d.shape[0],):
+        raise ConfigError(f"weighted_vote: {d.shape[0]} detectors but {w.size} weights")
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ConfigError(f"weighted_vote: weights must be positive (Eq. 10), got {w.tolist()}")
+    w = w / w.sum()
+    vote = w @ d.astype(np.float64)
+    return vote, vote >= 0.5 - 1e-12
+
+
+# ------------------------------------------------------------------------------------------------
+# Detectors
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class MultiPrediction:
+    """Per-image output of :meth:`AutoencoderDetector.predict_multi` (Algorithm 1)."""
+
+    category: list[str]
+    category_index: np.ndarray
+    score: np.ndarray
+    threshold: np.ndarray
+    decision: np.ndarray
+    maps: np.ndarray | None = None
+
+
+def _to_unit_range(x01: torch.Tensor) -> torch.Tensor:
+    return x01 * 2.0 - 1.0
+
+
+@register_model("cae")
+class AutoencoderDetector(Detector):
+    """A convolutional autoencoder (Table 1 or 2) with the paper's optional strategies.
+
+    ``noise_std`` > 0 → denoising (Eq. 7, paper: 0.3); ``contractive`` > 0 → the Jacobian penalty
+    of Eq. 8 with weight λ (paper: ≈ 1e-4); ``mixer=True`` → the latent classifier, its
+    cross-entropy (weight ``ce_weight`` = 3) and per-class thresholds (Algorithm 1); ``loss`` in
+    ``"l2" | "ssim" | "mssim"`` is both the training loss and the anomaly score. Defaults are the
+    paper's *baseline* (plain CAE, L2, Table 2 architecture). ``width`` scales the channel counts
+    (1.0 = the paper; the book's quick profile uses less on a CPU).
+    """
+
+    default_image_size = 224
+
+    def __init__(
+        self,
+        *,
+        image_size: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 128,
+        arch: str = "table2",
+        width: float = 1.0,
+        latent_dim: int = 128,
+        loss: str = "l2",
+        noise_std: float = 0.0,
+        contractive: float = 0.0,
+        n_projections: int = 1,
+        mixer: bool = False,
+        ce_weight: float = 3.0,
+        dropout: float = 0.3,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        epochs: int = 100,
+        lr: float = 1e-3,
+        eps: float = 1e-6,
+        patience: int = 20,
+        lr_patience: int = 5,
+        lr_factor: float = 0.5,
+        verbose: bool = False,
+    ):
+        if arch not in ARCHS:
+            raise ConfigError(f"unknown autoencoder architecture {arch!r}; valid: {', '.join(ARCHS)}")
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown reconstruction loss {loss!r}; valid: {', '.join(LOSSES)}")
+        if noise_std < 0 or contractive < 0 or ce_weight < 0:
+            raise ConfigError(
+                f"noise_std, contractive, ce_weight must be ≥ 0; got {noise_std}, {contractive}, {ce_weight}"
+            )
+        if epochs < 1 or batch_size < 2:
+            raise ConfigError(f"epochs must be ≥ 1 and batch_size ≥ 2, got {epochs} and {batch_size}")
+        if image_size is None:
+            image_size = 256 if arch == "table1" else 224
+        super().__init__(image_size, device, seed, batch_size)
+        self.config.update(
+            arch=arch, width=width, latent_dim=latent_dim, loss=loss, noise_std=noise_std,
+            contractive=contractive, n_projections=n_projections, mixer=mixer, ce_weight=ce_weight,
+            dropout=dropout, alpha=alpha, beta=beta, epochs=epochs, lr=lr, eps=eps, patience=patience,
+            lr_patience=lr_patience, lr_factor=lr_factor, verbose=verbose,
+        )
+        ClassThresholds(1, alpha, beta)  # validates alpha/beta now
+        self.ae = build_autoencoder(arch, self.image_size, width, latent_dim).to(self.device)
+        self.classifier: LatentClassifier | None = None
+        self.categories: list[str] = []
+        self.thresholds = ClassThresholds(1, alpha, beta)
+
+    # --- building blocks -------------------------------------------------------------------------
+    def _make_head(self, n_classes: int) -> None:
+        c = self.config
+        self.categories = self.categories or [str(i) for i in range(n_classes)]
+        self.classifier = (
+            LatentClassifier(tuple(self.ae.latent_shape), n_classes, dropout=c["dropout"]).to(self.device)
+            if c["mixer"]
+            else None
+        )
+        self.thresholds = ClassThresholds(n_classes if c["mixer"] else 1, c["alpha"], c["beta"])
+
+    def _encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ae(x)
+
+    # --- training ----------------------------------------------------------------------------------
+    def _fit(self, images: list[np.ndarray]) -> None:
+        self.categories = ["all"]
+        self._train(images, np.zeros(len(images), int), None)
+
+    def fit_multi(
+        self,
+        splits_by_category: Mapping[str, Any],
+        validation: Mapping[str, Any] | None = None,
+    ) -> AutoencoderDetector:
+        """Train one model on every category at once (the paper's setting).
+
+        ``splits_by_category`` maps a category name to its normal training images (a Split, samples
+        or an array); ``validation`` optionally maps the same names to labelled splits (normal and
+        anomalous) for early stopping on the class-averaged F1 and for ReduceLROnPlateau (§3.7).
+        Without it the learning rate is reduced on the training loss and all epochs run.
+        """
+        if not splits_by_category:
+            raise DatasetError("fit_multi: no categories given")
+        names = list(splits_by_category)
+        images: list[np.ndarray] = []
+        cats: list[int] = []
+        for k, name in enumerate(names):
+            imgs = as_image_list(splits_by_category[name])
+            images += imgs
+            cats += [k] * len(imgs)
+        val = None
+        if validation is not None:
+            unknown = set(validation) - set(names)
+            if unknown:
+                raise DatasetError(f"fit_multi: validation categories {sorted(unknown)} lack training data")
+            val = {names.index(n): s for n, s in validation.items()}
+        self.categories = names
+        seed_everything(self.seed)
+        self._train(images, np.asarray(cats), val)
+        self.fitted = True
+        return self
+
+    def _train(self, images: list[np.ndarray], cats: np.ndarray, val: dict[int, Any] | None) -> None:
+        c = self.config
+        n_classes = int(cats.max()) + 1
+        self._make_head(n_classes)
+        if len(images) < 2:
+            raise DatasetError(f"{self.name}: need at least 2 training images, got {len(images)}")
+        # keep the training set as uint8 at the working resolution (4× smaller than float)
+        data = (images_to_tensor(images, self.image_size) * 255.0).round_().to(torch.uint8)
+        labels = torch.as_tensor(cats, dtype=torch.long)
+        params = list(self.ae.parameters()) + (list(self.classifier.parameters()) if self.classifier else [])
+        opt = torch.optim.Adam(params, lr=c["lr"], eps=c["eps"])
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max" if val else "min", factor=c["lr_factor"], patience=c["lr_patience"]
+        )
+        gen = torch.Generator().manual_seed(self.seed)
+        noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        val_data = self._prepare_validation(val) if val else None
+        bs = min(self.batch_size, len(images))
+        hist: dict[str, list[float]] = {}
+        best = (-math.inf, None)
+        bad_epochs = 0
+        pbar = tqdm(range(c["epochs"]), desc=f"{self.name} fit", disable=not c["verbose"])
+        step = 0
+        for epoch in pbar:
+            self.ae.train()
+            if self.classifier is not None:
+                self.classifier.train()
+            perm = torch.randperm(len(images), generator=gen)
+            sums = {"loss": 0.0, "rec": 0.0, "ce": 0.0, "jac": 0.0, "acc": 0.0}
+            n_seen = 0
+            per_class: dict[int, list[np.ndarray]] = {}
+            for i in range(0, len(perm), bs):
+                idx = perm[i : i + bs]
+                if len(idx) < 2:  # BatchNorm cannot train on one sample
+                    continue
+                x = _to_unit_range(data[idx].to(self.device).float() / 255.0)
+                y = labels[idx].to(self.device)
+                x_in = add_noise(x, c["noise_std"], noise_gen)
+                if c["contractive"] > 0:
+                    h, jac = jacobian_frobenius_sq(self.ae.encoder, x_in, c["n_projections"])
+                    jac_term = jac.mean()
+                else:
+                    h = self.ae.encoder(x_in)
+                    jac_term = torch.zeros((), device=self.device)
+                x_hat = self.ae.decoder(h)
+                rec, _ = reconstruction_error(x, x_hat, c["loss"])
+                loss = rec.mean() + c["contractive"] * jac_term
+                ce = torch.zeros((), device=self.device)
+                if self.classifier is not None:
+                    logits = self.classifier(h)
+                    ce = F.cross_entropy(logits, y)
+                    loss = loss + c["ce_weight"] * ce
+                    sums["acc"] += float((logits.argmax(1) == y).float().sum())
+                check_loss(loss, f"epoch {epoch} step {step}", self.name)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                err = rec.detach().cpu().numpy()
+                ycpu = y.cpu().numpy()
+                thr_cls = ycpu if self.classifier is not None else np.zeros_like(ycpu)
+                self.thresholds.observe_batch(err, thr_cls)
+                for k in np.unique(ycpu):
+                    per_class.setdefault(int(k), []).append(err[ycpu == k])
+                b = len(idx)
+                n_seen += b
+                sums["loss"] += float(loss) * b
+                sums["rec"] += float(rec.mean()) * b
+                sums["ce"] += float(ce) * b
+                sums["jac"] += float(jac_term) * b
+            thr = self.thresholds.end_epoch()
+            for k in ("loss", "rec", "ce", "jac"):
+                hist.setdefault(k, []).append(sums[k] / max(n_seen, 1))
+            if self.classifier is not None:
+                hist.setdefault("train_class_acc", []).append(sums["acc"] / max(n_seen, 1))
+            for k, name in enumerate(self.categories):
+                errs = np.concatenate(per_class.get(k, [np.array([np.nan])]))
+                hist.setdefault(f"score_mean/{name}", []).append(float(np.mean(errs)))
+                hist.setdefault(f"score_std/{name}", []).append(float(np.std(errs)))
+                hist.setdefault(f"threshold/{name}", []).append(float(thr[k if len(thr) > 1 else 0]))
+            hist.setdefault("lr", []).append(opt.param_groups[0]["lr"])
+            self.fitted = True
+            if val_data is not None:
+                f1 = self._validation_f1(val_data)
+                hist.setdefault("val_f1", []).append(f1)
+                sched.step(f1)
+                if f1 > best[0]:
+                    best = (f1, self._snapshot())
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+                pbar.set_postfix(loss=hist["loss"][-1], val_f1=f1)
+                if bad_epochs >= c["patience"]:
+                    break
+            else:
+                sched.step(hist["loss"][-1])
+                pbar.set_postfix(loss=hist["loss"][-1])
+        if best[1] is not None:
+            self._restore(best[1])
+            hist["best_epoch"] = [float(int(np.argmax(hist["val_f1"])))]
+        self.history = hist
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "ae": copy.deepcopy(self.ae.state_dict()),
+            "cls": copy.deepcopy(self.classifier.state_dict()) if self.classifier is not None else None,
+            "thr": self.thresholds.values.copy(),
+        }
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.ae.load_state_dict(snap["ae"])
+        if self.classifier is not None and snap["cls"] is not None:
+            self.classifier.load_state_dict(snap["cls"])
+        self.thresholds.values = snap["thr"].copy()
+
+    def _prepare_validation(self, val: dict[int, Any]) -> list[tuple[int, list[np.ndarray], np.ndarray]]:
+        out = []
+        for k, split in val.items():
+            imgs = as_image_list(split)
+            labels = getattr(split, "labels", None)
+            if labels is None:
+                labels = np.array([s.label for s in split])
+            out.append((k, imgs, np.asarray(labels, int)))
+        return out
+
+    def _validation_f1(self, val_data: list[tuple[int, list[np.ndarray], np.ndarray]]) -> float:
+        """F1 of the anomalous class per category (Algorithm 1 decisions), averaged over categories."""
+        f1s = []
+        for _, imgs, labels in val_data:
+            pred = self._infer(imgs, with_maps=False)
+            dec = pred.decision
+            tp = float(np.sum(dec & (labels == 1)))
+            fp = float(np.sum(dec & (labels == 0)))
+            fn = float(np.sum(~dec & (labels == 1)))
+            f1s.append(2 * tp / max(2 * tp + fp + fn, 1e-12))
+        return float(np.mean(f1s))
+
+    # --- inference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _infer(self, images: list[np.ndarray], with_maps: bool = True) -> MultiPrediction:
+        c = self.config
+        self.ae.eval()
+        if self.classifier is not None:
+            self.classifier.eval()
+        scores, maps, cls = [], [], []
+        for x01 in iter_batches(images, self.batch_size, self.image_size, self.device):
+            x = _to_unit_range(x01)
+            h, x_hat = self.ae(x)
+            s, m = reconstruction_error(x, x_hat, c["loss"], with_map=with_maps)
+            scores.append(s.cpu())
+            if with_maps:
+                maps.append(m.cpu())
+            if self.classifier is not None:
+                cls.append(self.classifier(h).argmax(1).cpu())
+            else:
+                cls.append(torch.zeros(len(x), dtype=torch.long))
+        score = torch.cat(scores).double().numpy()
+        k = torch.cat(cls).numpy()
+        thr_idx = k if self.classifier is not None else np.zeros_like(k)
+        thr = self.thresholds.values[thr_idx]
+        names = [self.categories[i] if self.classifier is not None else "all" for i in k]
+        return MultiPrediction(
+            category=names,
+            category_index=k,
+            score=score,
+            threshold=thr,
+            decision=self.thresholds.decide(score, thr_idx),
+            maps=torch.cat(maps).numpy() if with_maps else None,
+        )
+
+    def _predict(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self._infer(images, with_maps=True)
+        return torch.from_numpy(p.score), torch.from_numpy(p.maps)
+
+    @torch.no_grad()
+    def predict_multi(self, images: Any, with_maps: bool = False) -> MultiPrediction:
+        """Algorithm 1 on ``images``: per image the predicted category (the Mixer's classifier; "all"
+        for a plain CAE), the anomaly score, the threshold applied and the decision (True = anomaly)."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit()/fit_multi() (or load()) before predict_multi()")
+        return self._infer(as_image_list(images), with_maps=with_maps)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Any) -> np.ndarray:
+        """Reconstructions as float images ``[N,S,S,3]`` in [0, 1] at the working resolution."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit() before reconstruct()")
+        self.ae.eval()
+        outs = []
+        for x01 in iter_batches(as_image_list(images), self.batch_size, self.image_size, self.device):
+            _, x_hat = self.ae(_to_unit_range(x01))
+            outs.append(((x_hat + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+        return torch.cat(outs).numpy()
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def _get_state(self) -> dict[str, Any]:
+        return {
+            "ae": self.ae.state_dict(),
+            "classifier": self.classifier.state_dict() if self.classifier is not None else None,
+            "thresholds": self.thresholds.values.tolist(),
+            "categories": list(self.categories),
+        }
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.categories = list(state["categories"])
+        n = len(self.categories)
+        self._make_head(n)
+        self.ae.load_state_dict(state["ae"])
+        if self.classifier is not None:
+            if state.get("classifier") is None:
+                raise DatasetError("mixer checkpoint without classifier weights")
+            self.classifier.load_state_dict(state["classifier"])
+        self.thresholds.values = np.asarray(state["thresholds"], dtype=np.float64)
+
+
+@register_model("mixer_ae")
+class MixerAE(AutoencoderDetector):
+    """The Mixer-AE of §3.4 with the paper's final set-up (§3.7): CO+DE+MIX on the Table 2 AE —
+    denoising v = 0.3 (Eq. 7), contractive λ = 1e-4 (Eq. 8), latent classifier with cross-entropy
+    weight 3 and a running threshold per category (Eq. 6, Algorithm 1)."""
+
+    def __init__(self, *, noise_std: float = 0.3, contractive: float = 1e-4, mixer: bool = True, **kw: Any):
+        super().__init__(noise_std=noise_std, contractive=contractive, mixer=mixer, **kw)
