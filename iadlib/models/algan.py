@@ -45,7 +45,9 @@ Two detectors are registered:
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -837,6 +839,10 @@ class ALGANImage(GANDetector):
 # ------------------------------------------------------------------------------------------------
 # ALGAN-feature
 # ------------------------------------------------------------------------------------------------
+_FEATURE_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_FEATURE_CACHE_SIZE = 8
+
+
 def rotation_angles(n: int) -> list[float]:
     """``n`` evenly spaced angles over 360° (the rotations of §5.2.5 / DifferNet)."""
     if n < 1:
@@ -885,6 +891,7 @@ class ALGANFeature(GANDetector):
         verbose: bool = False,
     ):
         super().__init__(image_size, device, seed, batch_size, epochs, val_every, "none", verbose)
+        self.config.pop("augment")  # rotations are the augmentation here (n_rot_train)
         self.algan = _algan_cfg(
             epochs=epochs,
             batch_size=batch_size,
@@ -929,7 +936,29 @@ class ALGANFeature(GANDetector):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, n_rot: int) -> torch.Tensor:
-        """Pooled features ``[n_rot, N, C]`` of ``[0, 1]`` images ``x`` under ``n_rot`` rotations."""
+        """Pooled features ``[n_rot, N, C]`` of ``[0, 1]`` images ``x`` under ``n_rot`` rotations.
+
+        The backbone is frozen, so features of the same images are cached (a few sets, in memory):
+        hyperparameter sweeps over the GAN then cost no feature extraction.
+        """
+        key = (
+            self.config["backbone"],
+            self.config["layer"],
+            n_rot,
+            tuple(x.shape),
+            hashlib.sha1(x.numpy().tobytes()).hexdigest(),
+        )
+        if key in _FEATURE_CACHE:
+            _FEATURE_CACHE.move_to_end(key)
+            return _FEATURE_CACHE[key]
+        out = self._extract(x, n_rot)
+        _FEATURE_CACHE[key] = out
+        while len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
+            _FEATURE_CACHE.popitem(last=False)
+        return out
+
+    @torch.no_grad()
+    def _extract(self, x: torch.Tensor, n_rot: int) -> torch.Tensor:
         bb = self._get_backbone()
         out = []
         angles = rotation_angles(n_rot)
