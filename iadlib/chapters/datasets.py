@@ -353,7 +353,6 @@ def elpv_gallery(datasets: dict, per_class: int = 4):
 def defect_size_figure(stats: pd.DataFrame):
     """Defect area against contrast per defect type and severity (seaborn scatter, log area)."""
     import seaborn as sns
-
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     from ..data.synth import SEVERITIES
