@@ -235,6 +235,30 @@ def defect_statistics(datasets: dict, kind: str = "synth_textures") -> pd.DataFr
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def loco_region_table(datasets: dict) -> pd.DataFrame:
+    """Every annotated region of the LOCO-style test sets: defect, kind, area and saturation area."""
+    rows = []
+    for key, ds in datasets.items():
+        if not (isinstance(key, tuple) and key[0] == "synth_loco"):
+            continue
+        for s in ds.test:
+            for name, reg, sat in zip(s.meta.get("region_defects", []), s.regions or [], s.saturations or []):
+                rows.append({"category": key[1], "kind": s.defect.split("_")[0], "defect": name,
+                             "area_px": int(reg.sum()), "saturation_px": float(sat)})  # fmt: skip
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    return (
+        df.groupby(["category", "kind", "defect"])
+        .agg(
+            regions=("area_px", "size"),
+            median_area_px=("area_px", "median"),
+            median_saturation_px=("saturation_px", "median"),
+        )  # fmt: skip
+        .reset_index()
+    )
+
+
 def _outline(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
