@@ -66,6 +66,9 @@ def test_synth_textures_reads_back_with_exact_masks(tmp_path):
         assert np.array_equal(s.image, img)
         assert np.array_equal(s.mask, (s.image != good).any(axis=-1))
         assert s.meta["area_px"] == int(s.mask.sum()) and s.meta["severity"] in S.SEVERITIES
+    lazy = get_dataset("synth_textures", category="brick", root=tmp_path, seed=1, cache=False, **TEX)
+    assert lazy.test.records[-1].sample is None
+    assert lazy.test[len(lazy.test) - 1].meta["defect"] == lazy.test.defects[-1]
 
 
 def test_synth_textures_restricted_defects_and_stamp_checks(tmp_path):

@@ -497,6 +497,15 @@ def generate_textures(
     return base
 
 
+def _with_meta(loader: Callable[[], Any], info: dict[str, Any]) -> Callable[[], Any]:
+    def load() -> Any:
+        sample = loader()
+        sample.meta.update(info)
+        return sample
+
+    return load
+
+
 def _attach_meta(ds: ADDataset, cat_dir: Path) -> ADDataset:
     meta_path = cat_dir / "synth_meta.json"
     if not meta_path.is_file():
@@ -506,10 +515,15 @@ def _attach_meta(ds: ADDataset, cat_dir: Path) -> ADDataset:
         if split is None:
             continue
         for rec in split.records:
-            if rec.sample is not None and rec.path:
-                rel = Path(rec.path).relative_to(cat_dir).as_posix()
-                if rel in meta:
-                    rec.sample.meta.update(meta[rel])
+            if not rec.path:
+                continue
+            info = meta.get(Path(rec.path).relative_to(cat_dir).as_posix())
+            if info is None:
+                continue
+            if rec.sample is not None:
+                rec.sample.meta.update(info)
+            elif rec.loader is not None:  # lazy split: add the record on load
+                rec.loader = _with_meta(rec.loader, info)
     ds.info["synth_meta"] = str(meta_path)
     return ds
 
