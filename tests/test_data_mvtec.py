@@ -66,6 +66,10 @@ def test_mvtec_counts_labels_and_mask_alignment(tmp_path):
             y0, y1, x0, x1 = boxes[(s.defect, int(stem))]
             assert s.mask[y0:y1, x0:x1].all()
     assert ds.info["defect_types"] == ["crack", "scratch"]
+    # root given as the category folder itself is accepted; another category there is explained
+    assert len(get_dataset("mvtec_ad", root=tmp_path / "bottle", category="bottle").test) == 5
+    with pytest.raises(DatasetError, match="pass its parent as root"):
+        get_dataset("mvtec_ad", root=tmp_path / "bottle", category="cable")
 
 
 def test_mvtec_resize_masks_nearest_and_color(tmp_path):

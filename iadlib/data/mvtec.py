@@ -80,8 +80,14 @@ def resolve_category_dir(
             "(or set IADLIB_DATA to the folder holding it)"
         )
     cat_dir = base / category
+    if not cat_dir.is_dir() and (base / "train").is_dir() and base.name == category:
+        cat_dir = base  # root given as the category folder itself
     if not cat_dir.is_dir():
         present = subfolders(base)
+        if "train" in present:
+            raise DatasetError(
+                f"{cat_dir}: not found; {base} looks like a category folder itself — pass its parent as root"
+            )
         if category not in known:
             raise ConfigError(
                 f"unknown {name} category {category!r} (no folder {cat_dir}); valid: {', '.join(known)}"
