@@ -357,6 +357,9 @@ def plot_image_level(df: pd.DataFrame, curves: pd.DataFrame | None = None) -> An
     sns.lineplot(data=df, x="rate", y="value", hue="metric", style="separation", markers=True, ax=ax,
                  hue_order=["image_auroc", "image_aupr", "f1_max", "chance_aupr"])
     ax.set_xscale("log")
+    rates = sorted(df["rate"].unique())
+    ax.set_xticks(rates, [f"{r:g}" for r in rates])
+    ax.minorticks_off()
     sns.move_legend(ax, "lower right", fontsize="x-small", ncols=2)
     ax.set_xlabel("anomaly rate in the test set")
     ax.set_ylabel("metric value")
@@ -401,7 +404,7 @@ def plot_pixel_metrics(df: pd.DataFrame, curves: pd.DataFrame) -> Any:
     sns.barplot(data=df, x="metric", y="value", hue="map", hue_order=order,
                 order=["pixel_auroc", "pixel_aupr", "au_pro", "au_spro"], ax=axes[0], legend=False)
     axes[0].set_ylim(0, 1.05)
-    axes[0].set_title("one set of maps, four verdicts")
+    axes[0].set_title("one set of maps, four verdicts (colours as on the right)")
     sns.lineplot(data=curves, x="fpr", y="overlap", hue="map", hue_order=order, style="curve",
                  estimator=None, sort=False, ax=axes[1])
     sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
