@@ -1,0 +1,198 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+1. Locally aware patch features (§3.1): mid-level feature maps of two backbone stages, each
+   averaged over a p×p neighbourhood (p = 3, Eq. 1–2), the deeper one bilinearly upsampled to the
+   finer grid, concatenated per position.
+2. Memory bank ``M`` of all training patches, reduced by greedy k-center coreset selection
+   (§3.2, Alg. 1) on a random projection (Johnson–Lindenstrauss, d* = 128).
+3. Scoring (§3.3, Eq. 6–7): each test patch scores its distance to the nearest memory patch;
+   the image score is the largest patch score ``s*``, re-weighted by
+   ``w = 1 − exp‖m_test,* − m*‖ / Σ_{m ∈ N_b(m*)} exp‖m_test,* − m‖`` (``reweight=True``;
+   the official code skips this, ``reweight=False``).
+4. Segmentation: the patch-score grid is bilinearly upsampled and smoothed by a Gaussian (σ = 4).
+
+Speed (see ``benchmarks/bench_patchcore.py``): bf16 autocast + channels_last for the backbone,
+exact greedy coreset with triangle-inequality pruning (:func:`iadlib.kernels.greedy_coreset`),
+blocked matrix-product nearest neighbours (torch) or a faiss index (``search="faiss"``; a GPU
+index when CUDA is present and faiss has GPU support).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..backbones import load_backbone
+from ..errors import ConfigError
+from ..kernels import greedy_coreset, knn, random_projection
+from . import register_model
+from .base import Detector, gaussian_blur, iter_batches, upsample_maps
+
+
+@register_model("patchcore")
+class PatchCore(Detector):
+    """PatchCore detector; see the module docstring for the method and its equations."""
+
+    default_image_size = 224
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "efficientnet_lite0",
+        layers: tuple[int, ...] | list[int] = (2, 3),
+        coreset_ratio: float = 0.01,
+        projection_dim: int = 128,
+        patch_size: int = 3,
+        reweight: bool = True,
+        num_neighbors: int = 9,
+        sigma: float = 4.0,
+        max_train_images: int = 2000,
+        amp: bool = True,
+        search: str = "torch",
+        weights: str | None = None,
+        image_size: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 32,
+        verbose: bool = False,
+    ):
+        super().__init__(image_size, device, seed, batch_size)
+        if not 0 < coreset_ratio <= 1:
+            raise ConfigError(f"coreset_ratio must lie in (0, 1], got {coreset_ratio}")
+        if search not in ("torch", "faiss"):
+            raise ConfigError(f"search={search!r}; valid: 'torch', 'faiss'")
+        self.config.update(
+            backbone=backbone,
+            layers=list(layers),
+            coreset_ratio=coreset_ratio,
+            projection_dim=projection_dim,
+            patch_size=patch_size,
+            reweight=reweight,
+            num_neighbors=num_neighbors,
+            sigma=sigma,
+            max_train_images=max_train_images,
+            amp=amp,
+            search=search,
+            weights=weights,
+        )
+        self.verbose = verbose
+        self.backbone = load_backbone(backbone, layers, self.device, weights=weights)
+        self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.memory_bank: torch.Tensor | None = None
+        self._index = None
+
+    # --- features ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Locally aware patch features ``[B, C, h, w]`` of float images ``[B,3,S,S]`` in [0, 1] (Eq. 1–2)."""
+        p = self.config["patch_size"]
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        use_amp = self.config["amp"]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            feats = self.backbone(x)
+        feats = [f.float() for f in feats]
+        feats = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) for f in feats]
+        size = feats[0].shape[-2:]
+        feats = [feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
+        return torch.cat(feats, 1).contiguous()
+
+    def _embed_all(self, images: list[np.ndarray], desc: str) -> torch.Tensor:
+        out = []
+        batches = iter_batches(images, self.batch_size, self.image_size, self.device)
+        total = (len(images) + self.batch_size - 1) // self.batch_size
+        for x in tqdm(batches, total=total, desc=desc, disable=not self.verbose):
+            out.append(self.embed(x))
+        return torch.cat(out)
+
+    # --- fit -----------------------------------------------------------------------------------
+    def _fit(self, images: list[np.ndarray]) -> None:
+        cap = self.config["max_train_images"]
+        if cap and len(images) > cap:  # MIAD A.2.2: at most 2000 randomly sampled training images
+            rng = np.random.default_rng(self.seed)
+            images = [images[i] for i in np.sort(rng.choice(len(images), cap, replace=False))]
+        feats = self._embed_all(images, "patchcore features")
+        bank = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+        del feats
+        n = max(1, int(round(self.config["coreset_ratio"] * bank.shape[0])))
+        if n < bank.shape[0]:
+            proj = random_projection(bank, self.config["projection_dim"], seed=self.seed)
+            start = int(torch.randint(bank.shape[0], (1,), generator=torch.Generator().manual_seed(self.seed)))
+            idx = greedy_coreset(proj, n, start=start, progress=self.verbose)
+            bank = bank[idx]
+        self.memory_bank = bank.contiguous()
+        self._index = None
+
+    # --- scoring -------------------------------------------------------------------------------
+    def nearest(self, features: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distances and indices of the nearest memory-bank patches of ``features [M, C]``."""
+        if self.memory_bank is None:
+            raise RuntimeError("patchcore: fit() first")
+        features = features.to(self.memory_bank.device, torch.float32)
+        if self.config["search"] == "faiss":
+            index = self._faiss_index()
+            d, i = index.search(features.cpu().numpy(), k)
+            d = torch.from_numpy(d).clamp_(min=0).sqrt_().to(features.device)
+            i = torch.from_numpy(i).to(features.device)
+            return (d[:, 0], i[:, 0]) if k == 1 else (d, i)
+        return knn(features, self.memory_bank, k=k)
+
+    def _faiss_index(self):
+        if self._index is None:
+            import faiss
+
+            bank = self.memory_bank.cpu().numpy().astype(np.float32)
+            index = faiss.IndexFlatL2(bank.shape[1])
+            if self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
+                index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            index.add(bank)
+            self._index = index
+        return self._index
+
+    def _predict(self, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, maps = [], []
+        batches = iter_batches(images, self.batch_size, self.image_size, self.device)
+        total = (len(images) + self.batch_size - 1) // self.batch_size
+        for x in tqdm(batches, total=total, desc="patchcore predict", disable=not self.verbose):
+            f = self.embed(x)
+            B, C, h, w = f.shape
+            flat = f.permute(0, 2, 3, 1).reshape(-1, C)
+            dist, idx = self.nearest(flat)
+            dist = dist.view(B, h * w)
+            idx = idx.view(B, h * w)
+            s_star, arg = dist.max(1)
+            if self.config["reweight"]:
+                s = self._reweight(flat.view(B, h * w, C), arg, idx, s_star)
+            else:
+                s = s_star
+            scores.append(s)
+            m = upsample_maps(dist.view(B, h, w), (self.image_size, self.image_size))
+            maps.append(gaussian_blur(m, self.config["sigma"]))
+        return torch.cat(scores), torch.cat(maps)
+
+    def _reweight(
+        self, feats: torch.Tensor, arg: torch.Tensor, idx: torch.Tensor, s_star: torch.Tensor
+    ) -> torch.Tensor:
+        """Eq. 7: ``s = (1 − softmax([‖m_test,* − m‖ for m in N_b(m*)])[m*]) · s*``."""
+        B = feats.shape[0]
+        rows = torch.arange(B, device=feats.device)
+        m_test = feats[rows, arg]  # [B, C]
+        m_star = idx[rows, arg]  # [B]
+        bank = self.memory_bank
+        b = min(self.config["num_neighbors"], bank.shape[0])
+        _, nb = knn(bank[m_star], bank, k=b)  # N_b(m*), includes m* itself first
+        nb[:, 0] = m_star
+        d = (bank[nb] - m_test[:, None, :]).norm(dim=2)  # [B, b]
+        w = 1.0 - torch.softmax(d, dim=1)[:, 0]
+        return w * s_star
+
+    # --- state ---------------------------------------------------------------------------------
+    def _get_state(self) -> dict[str, Any]:
+        return {"memory_bank": self.memory_bank.cpu()}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.memory_bank = state["memory_bank"].to(self.device)
+        self._index = None

@@ -1,0 +1,115 @@
+"""Shared seaborn figures: score distributions, anomaly-map grids, metric bars, compare tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+
+def setup(context: str = "notebook") -> None:
+    """One look for every chapter."""
+    sns.set_theme(context=context, style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "axes.titlesize": "medium"})
+
+
+def score_distributions(
+    df: pd.DataFrame,
+    score: str = "score",
+    label: str = "label",
+    col: str | None = None,
+    hue_names: tuple[str, str] = ("normal", "anomalous"),
+    col_wrap: int = 4,
+    height: float = 2.6,
+) -> sns.FacetGrid:
+    """Histograms of image scores per class (``label`` 0/1), one panel per value of ``col``."""
+    d = df.copy()
+    d["class"] = np.where(d[label].to_numpy() == 1, hue_names[1], hue_names[0])
+    g = sns.displot(
+        d,
+        x=score,
+        hue="class",
+        hue_order=list(hue_names),
+        col=col,
+        col_wrap=col_wrap if col else None,
+        kind="hist",
+        stat="density",
+        common_norm=False,
+        element="step",
+        height=height,
+        aspect=1.3,
+        facet_kws={"sharex": False, "sharey": False},
+    )
+    g.set_titles("{col_name}" if col else "")
+    return g
+
+
+def map_grid(
+    images: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray] | np.ndarray,
+    masks: Sequence[np.ndarray | None] | None = None,
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    ncols: int | None = None,
+    vmax: float | None = None,
+    cell: float = 1.9,
+) -> plt.Figure:
+    """Images with their anomaly maps overlaid (and ground-truth contours when masks are given).
+
+    ``maps`` may be a list of per-row map stacks (one row per method) for a method × image grid;
+    then ``row_labels`` names the rows.
+    """
+    rows = maps if isinstance(maps, list) and len(maps) and np.ndim(maps[0]) == 3 else [maps]
+    n = len(images)
+    ncols = ncols or n
+    nrows = 1 + len(rows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows), squeeze=False)
+    for j in range(ncols):
+        ax = axes[0, j]
+        if j < n:
+            img = images[j]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            if masks is not None and masks[j] is not None and np.any(masks[j]):
+                ax.contour(masks[j].astype(float), levels=[0.5], colors="red", linewidths=0.8)
+            if titles is not None:
+                ax.set_title(titles[j], fontsize=8)
+        ax.axis("off")
+    for r, stack in enumerate(rows):
+        stack = np.asarray(stack, dtype=np.float32)
+        hi = vmax if vmax is not None else float(np.quantile(stack, 0.999))
+        lo = float(np.quantile(stack, 0.01))
+        for j in range(ncols):
+            ax = axes[r + 1, j]
+            if j < n:
+                img = images[j]
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+                ax.imshow(stack[j], cmap="inferno", alpha=0.55, vmin=lo, vmax=hi)
+                if masks is not None and masks[j] is not None and np.any(masks[j]):
+                    ax.contour(masks[j].astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
+            ax.axis("off")
+        if row_labels is not None:
+            axes[r + 1, 0].text(-0.05, 0.5, row_labels[r], transform=axes[r + 1, 0].transAxes,
+                                ha="right", va="center", fontsize=9, rotation=90)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, ax=None, **kw) -> plt.Axes:
+    """Grouped bars of a metric (e.g. AUROC per category and method)."""
+    ax = ax or plt.gca()
+    sns.barplot(data=df, x=x, y=y, hue=hue, ax=ax, **kw)
+    ax.set_ylim(min(0.5, float(df[y].min()) - 0.05), 1.0)
+    ax.tick_params(axis="x", rotation=30)
+    return ax
+
+
+def style_compare(df: pd.DataFrame, digits: int = 3):
+    """A pandas Styler for reported-vs-reproduced tables: numbers rounded, Δ coloured."""
+    num = df.select_dtypes("number").columns
+    sty = df.style.format({c: f"{{:.{digits}f}}" for c in num}, na_rep="–")
+    if "Δ" in df.columns:
+        sty = sty.background_gradient(subset=["Δ"], cmap="RdBu", vmin=-0.2, vmax=0.2)
+    return sty.hide(axis="index")
