@@ -38,7 +38,7 @@ from . import check_choice, get_profile
 CHAPTER = "04_algan"
 PAPER = "Murase 2022, Anomaly Detection by Generating Pseudo Anomalous Data (thesis, SOKENDAI)"
 IMAGE_METHODS = ("algan_image", "ganomaly", "skip_ganomaly", "alocc")
-FEATURE_METHODS = ("algan_feature", "patchcore")
+FEATURE_METHODS = ("algan_feature", "differnet", "patchcore")
 METHOD_LABELS = {
     "algan_image": "ALGAN-image",
     "algan_feature": "ALGAN-feature",
@@ -46,6 +46,7 @@ METHOD_LABELS = {
     "skip_ganomaly": "Skip-GANomaly",
     "alocc": "ALOCC",
     "patchcore": "PatchCore-25",
+    "differnet": "DifferNet",
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -110,8 +111,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         test_cap=40,
         image_methods=list(IMAGE_METHODS),
         image_cfg=_QUICK_IMG,
-        feature_methods=["algan_feature", "patchcore"],
+        feature_methods=["algan_feature", "differnet", "patchcore"],
         feature_cfg=_QUICK_FEAT,
+        differnet_cfg=dict(
+            image_size=128, epochs=24, val_every=4, batch_size=16, hidden=256, n_rot_train=4, n_rot_test=4
+        ),
         algan_seeds=[0, 1],
         baseline_seeds=[0],
         sweep_variant="algan_feature",
@@ -154,8 +158,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         test_cap=None,
         image_methods=list(IMAGE_METHODS),
         image_cfg=_FULL_IMG,
-        feature_methods=["algan_feature", "patchcore"],
+        feature_methods=["algan_feature", "differnet", "patchcore"],
         feature_cfg=_FULL_FEAT,
+        differnet_cfg=dict(
+            image_size=224, epochs=192, val_every=8, batch_size=16, hidden=2048, n_rot_train=4, n_rot_test=64
+        ),
         algan_seeds=list(range(10)),
         baseline_seeds=list(range(10)),
         sweep_variant="algan_image",
@@ -359,6 +366,8 @@ def run_main(
         for method in P["feature_methods"]:
             if method == "patchcore":
                 cfg, seeds = dict(P["patchcore_cfg"]), P["baseline_seeds"]
+            elif method == "differnet":
+                cfg, seeds = dict(P["differnet_cfg"]), P["baseline_seeds"]
             else:
                 cfg, seeds = dict(P["feature_cfg"]), P["algan_seeds"]
             for s in seeds:

@@ -14,13 +14,17 @@
   noisy inputs ``x̃ = x + η``, ``η ~ N(0, σ_n² I)``, and D separates x from R(x̃);
   ``L_R = -log D(R(x̃)) + λ ‖x - R(x̃)‖²``, λ = 0.4. Score: ``1 - D(R(x))`` (here the reversed logit).
 
-All use Adam (lr 2e-4, β = (0.5, 0.999)), batch 16, 512 epochs with validation every 8 (§5.3) in
+* ``"differnet"`` — a DifferNet-style normalizing flow (Rudolph et al., WACV 2021) on pooled
+  multi-scale backbone features, the feature-based comparison of Table 5.3.
+
+The GAN baselines use Adam (lr 2e-4, β = (0.5, 0.999)), batch 16, 512 epochs with validation every 8 (§5.3) in
 the full profile, and return the per-pixel reconstruction error as an anomaly map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -435,3 +439,211 @@ class ALOCC(_ReconGAN):
     def _score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_ref = self._refine(x)
         return -self.D(x_ref), (x - x_ref).abs().mean(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# DifferNet-style normalizing flow on pooled multi-scale features (Table 5.3 comparison)
+# ------------------------------------------------------------------------------------------------
+class AffineCoupling(nn.Module):
+    """Real-NVP affine coupling with DifferNet's soft clamping ``s ↦ 0.636·c·atan(s / c)``.
+
+    The input is split in halves ``(u1, u2)``; ``u2' = u2 · exp(s(u1)) + t(u1)`` and vice versa in a
+    second step, so both halves are transformed; ``log|det J|`` is the sum of the log scales.
+    """
+
+    def __init__(self, dim: int, hidden: int, clamp: float = 3.0):
+        super().__init__()
+        self.d1 = dim // 2
+        self.d2 = dim - self.d1
+        self.clamp = clamp
+        self.net1 = nn.Sequential(nn.Linear(self.d1, hidden), nn.ReLU(), nn.Linear(hidden, 2 * self.d2))
+        self.net2 = nn.Sequential(nn.Linear(self.d2, hidden), nn.ReLU(), nn.Linear(hidden, 2 * self.d1))
+
+    def _scale(self, s: torch.Tensor) -> torch.Tensor:
+        return 0.636 * self.clamp * torch.atan(s / self.clamp)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u1, u2 = x[:, : self.d1], x[:, self.d1 :]
+        s2, t2 = self.net1(u1).chunk(2, 1)
+        s2 = self._scale(s2)
+        v2 = u2 * torch.exp(s2) + t2
+        s1, t1 = self.net2(v2).chunk(2, 1)
+        s1 = self._scale(s1)
+        v1 = u1 * torch.exp(s1) + t1
+        return torch.cat([v1, v2], 1), s1.sum(1) + s2.sum(1)
+
+
+class FeatureFlow(nn.Module):
+    """DifferNet's flow: ``n_blocks`` coupling blocks with fixed random permutations in between."""
+
+    def __init__(self, dim: int, n_blocks: int = 8, hidden: int = 2048, clamp: float = 3.0, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.blocks = nn.ModuleList(AffineCoupling(dim, hidden, clamp) for _ in range(n_blocks))
+        for i in range(n_blocks):
+            self.register_buffer(f"perm{i}", torch.randperm(dim, generator=g))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = torch.zeros(x.shape[0], device=x.device)
+        for i, b in enumerate(self.blocks):
+            x, ld = b(x[:, getattr(self, f"perm{i}")])
+            logdet = logdet + ld
+        return x, logdet
+
+
+def flow_nll(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+    """DifferNet's loss: ``mean(‖z‖²/2 − log|det J|) / dim`` (negative log-likelihood under N(0, I))."""
+    return (0.5 * z.pow(2).sum(1) - logdet).mean() / z.shape[1]
+
+
+@register_model("differnet")
+class DifferNet(GANDetector):
+    """DifferNet-style detector (Rudolph, Wandt & Rosenhahn, WACV 2021) on an offline backbone.
+
+    Features: the backbone's last-stage output, globally averaged, at three image scales (S, S/2,
+    S/4) and concatenated (DifferNet: AlexNet at 448/224/112 px); a flow of 8 affine coupling blocks
+    maps them to N(0, I). Training on ``n_rot_train`` rotations per image, score = mean over
+    ``n_rot_test`` rotations of ``mean(z²)``; Adam lr 2e-4, β = (0.8, 0.8), weight decay 1e-5.
+    """
+
+    module_names = ("flow",)
+    default_image_size = 224
+
+    def __init__(
+        self,
+        *,
+        image_size: int | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        batch_size: int = 16,
+        epochs: int = 192,
+        val_every: int = 8,
+        n_blocks: int = 8,
+        hidden: int = 2048,
+        clamp: float = 3.0,
+        lr: float = 2e-4,
+        backbone: str = "efficientnet_lite0",
+        layer: int = 4,
+        n_scales: int = 3,
+        n_rot_train: int = 4,
+        n_rot_test: int = 64,
+        verbose: bool = False,
+    ):
+        super().__init__(image_size, device, seed, batch_size, epochs, val_every, "none", verbose)
+        self.config.pop("augment")
+        if n_blocks < 1 or n_scales < 1 or n_rot_train < 1 or n_rot_test < 1 or epochs < 1 or val_every < 1:
+            raise ConfigError(
+                "differnet: n_blocks, n_scales, n_rot_train, n_rot_test, epochs, val_every must be ≥ 1"
+            )
+        self.config.update(
+            n_blocks=n_blocks,
+            hidden=hidden,
+            clamp=clamp,
+            lr=lr,
+            backbone=backbone,
+            layer=layer,
+            n_scales=n_scales,
+            n_rot_train=n_rot_train,
+            n_rot_test=n_rot_test,
+        )
+        self._fx: Any = None
+        self.dim: int | None = None
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+
+    def _prepare(self, images: list) -> torch.Tensor:
+        from .base import images_to_tensor
+
+        return images_to_tensor(images, self.image_size)
+
+    def _extractor(self) -> Any:
+        if self._fx is None:  # ALGAN-feature's cached, rotation-aware extractor
+            from .algan import ALGANFeature
+
+            self._fx = ALGANFeature(
+                image_size=self.image_size,
+                device=str(self.device),
+                backbone=self.config["backbone"],
+                layer=self.config["layer"],
+                batch_size=self.batch_size,
+                verbose=self.verbose,
+            )
+        return self._fx
+
+    def features(self, x: torch.Tensor, n_rot: int) -> torch.Tensor:
+        """``[n_rot, N, n_scales·C]``: pooled features at S, S/2, S/4 concatenated."""
+        fx = self._extractor()
+        out = []
+        for k in range(self.config["n_scales"]):
+            xs = x if k == 0 else F.interpolate(x, scale_factor=0.5**k, mode="bilinear", antialias=True)
+            out.append(fx.features(xs, n_rot))
+        return torch.cat(out, 2)
+
+    def _build(self) -> None:
+        c = self.config
+        torch.manual_seed(self.seed)
+        self.flow = FeatureFlow(self.dim, c["n_blocks"], c["hidden"], c["clamp"], self.seed).to(self.device)
+
+    def _fit(self, images: list) -> None:
+        import copy
+
+        from ..metrics import image_auroc
+
+        c = self.config
+        f = self.features(self._prepare(images), c["n_rot_train"]).flatten(0, 1)
+        self.dim = f.shape[1]
+        self.mean, self.std = f.mean(0), f.std(0).clamp_min(1e-6)
+        real = (f - self.mean) / self.std
+        val = None
+        if self._val is not None:
+            xv, lv = self._val
+            val = ((self.features(xv, c["n_rot_test"]) - self.mean) / self.std, lv)
+        self._build()
+        opt = torch.optim.Adam(
+            self.flow.parameters(), lr=c["lr"], betas=(0.8, 0.8), eps=1e-4, weight_decay=1e-5
+        )
+        gen = torch.Generator().manual_seed(self.seed)
+        n, bs = len(real), min(self.batch_size, len(real))
+        for ep in tqdm(range(1, c["epochs"] + 1), desc=self.name, disable=not self.verbose, leave=False):
+            self.flow.train()
+            perm = torch.randperm(n, generator=gen)
+            losses = []
+            for j in range(0, n - bs + 1, bs):
+                z, ld = self.flow(real[perm[j : j + bs]].to(self.device))
+                loss = flow_nll(z, ld)
+                losses.append(check_loss(loss.detach(), f"epoch {ep}, batch {j // bs}", self.name))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            self.history.setdefault("loss", []).append(sum(losses) / max(1, len(losses)))
+            if val is not None and (ep % c["val_every"] == 0 or ep == c["epochs"]):
+                auc = image_auroc(val[1], self._score_feats(val[0]).numpy())
+                self.history.setdefault("val_epoch", []).append(float(ep))
+                self.history.setdefault("val_auroc", []).append(float(auc))
+                if self._best is None or auc > self._best[0]:
+                    self._best = (auc, ep, copy.deepcopy(self._module_states()))
+        if self._best is not None:
+            self._load_modules(self._best[2])
+            self.history["best_epoch"] = [float(self._best[1])]
+            self.history["best_val_auroc"] = [float(self._best[0])]
+
+    @torch.no_grad()
+    def _score_feats(self, f: torch.Tensor) -> torch.Tensor:
+        self.flow.eval()
+        r, n, d = f.shape
+        z, _ = self.flow(f.reshape(r * n, d).to(self.device))
+        return z.pow(2).mean(1).view(r, n).mean(0).cpu()
+
+    def _predict(self, images: list) -> tuple[torch.Tensor, torch.Tensor]:
+        f = (self.features(self._prepare(images), self.config["n_rot_test"]) - self.mean) / self.std
+        s = self._score_feats(f)
+        return s, s[:, None, None].clone()
+
+    def _get_state(self) -> dict[str, Any]:
+        state = super()._get_state()
+        state.update(mean=self.mean, std=self.std, dim=self.dim)
+        return state
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.mean, self.std, self.dim = state["mean"], state["std"], int(state["dim"])
+        super()._set_state(state)
