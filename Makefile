@@ -1,0 +1,54 @@
+# iad-book: `make book` executes every chapter with papermill and builds the HTML book;
+# `make test` runs the test suite. Both set up the environment first (`make setup`).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.iadlib-installed
+PROFILE ?= quick
+CHAPTERS ?=
+JOBS ?= 1
+
+.PHONY: setup test book run-notebooks html lint bench clean-book clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[book,dev]"
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing the Debian package dataset-fashion-mnist (root, apt available)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "WARNING: apt-get could not install dataset-fashion-mnist; chapters fall back to torchvision files under a root= folder"; \
+	else \
+		echo "NOTE: not root or no apt-get: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist)"; \
+	fi
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+run-notebooks: setup
+	$(PY) -m iadlib.book run --profile $(PROFILE) --jobs $(JOBS) $(if $(CHAPTERS),--chapters $(CHAPTERS),)
+
+html: setup
+	$(PY) -m iadlib.book build
+
+book: run-notebooks html
+	@echo "Book: _build/html/index.html"
+
+lint: setup
+	$(VENV)/bin/ruff check iadlib tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_patchcore.py
+
+clean-book:
+	rm -rf _build book/chapters
+
+clean: clean-book
+	rm -rf $(VENV) results .cache
