@@ -248,11 +248,12 @@ def compactness_loss(desc: torch.Tensor) -> torch.Tensor:
 
 # --- distillation data ------------------------------------------------------------------------
 
-#: Natural images shipped with scikit-image, our offline stand-in for ImageNet patches. Textures
-#: (brick, grass, gravel) are left out: the synthetic benchmark is built from them.
+#: Natural images shipped with scikit-image, our offline stand-in for ImageNet patches. The pictures
+#: the synthetic texture benchmark is cut from (brick, grass, gravel, moon, immunohistochemistry)
+#: are left out, so the teacher never sees the inspected material.
 NATURAL_IMAGES = (
     "astronaut", "chelsea", "coffee", "camera", "coins", "rocket", "hubble_deep_field",
-    "immunohistochemistry", "colorwheel", "page", "text", "moon", "retina",
+    "colorwheel", "page", "text", "retina",
 )
 
 
@@ -403,7 +404,7 @@ def distill_teacher(
         loss.backward()
         opt.step()
         for k, v in (("L_k", l_k), ("L_m", l_m), ("L_c", l_c), ("loss", loss)):
-            acc[k] += float(v)
+            acc[k] += float(v.detach())
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             cnt = log_every if (step + 1) % log_every == 0 else (step + 1) % log_every
             for k in hist:
@@ -520,7 +521,7 @@ def train_students(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                tot[si] += float(loss) * len(x)
+                tot[si] += float(loss.detach()) * len(x)
         for si in range(len(ens.students)):
             hist[f"student{si}_loss_p{teacher.p}"].append(float(tot[si]) / len(train))
     ens.eval()
@@ -585,6 +586,7 @@ class StudentsDetector(Detector):
         lr: float = 1e-4,
         val_fraction: float = 0.1,
         distill: dict[str, Any] | None = None,
+        backbone: str = "efficientnet_lite0",
         cache: bool = True,
         verbose: bool = False,
     ):
@@ -595,21 +597,25 @@ class StudentsDetector(Detector):
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"val_fraction must lie in [0, 1), got {val_fraction}")
         distill = dict(distill or {})
-        bad = set(distill) - set(DistillConfig.__dataclass_fields__) | ({"p", "width"} & set(distill))
+        own = {"p", "width", "backbone", "seed"}
+        bad = set(distill) - set(DistillConfig.__dataclass_fields__) | (own & set(distill))
         if bad:
-            valid = sorted(set(DistillConfig.__dataclass_fields__) - {"p", "width"})
+            valid = sorted(set(DistillConfig.__dataclass_fields__) - own)
             raise ConfigError(f"unknown distill options {sorted(bad)}; valid: {valid}")
         self.config.update(
             patch_sizes=list(ps), n_students=n_students, width=width, epochs=epochs, lr=lr,
             val_fraction=val_fraction, distill=distill, cache=cache, verbose=verbose,
-            backbone=distill.get("backbone", "efficientnet_lite0"),
+            backbone=backbone,
         )
         self.patch_sizes = ps
         self.teachers: dict[int, Teacher] = {}
         self.ensembles: dict[int, StudentEnsemble] = {}
 
     def _distill_cfg(self, p: int) -> DistillConfig:
-        return DistillConfig(p=p, width=self.config["width"], seed=self.seed, **self.config["distill"])
+        return DistillConfig(
+            p=p, width=self.config["width"], seed=self.seed, backbone=self.config["backbone"],
+            **self.config["distill"],
+        )
 
     def _fit(self, images: list[np.ndarray]) -> None:
         x = images_to_tensor(images, self.image_size)
