@@ -395,13 +395,15 @@ def _overlap_curve(
         t = (_exact_limit_threshold if exact else _limit_threshold)(scores, ids, n_neg, fpr_limit)
         idx = torch.nonzero(scores >= t).squeeze(1)
         s, order = torch.sort(scores[idx], descending=True)
-        grp = ids[idx[order]]
+        grp = ids[idx][order]  # gather in memory order first, then permute the (smaller) selection
         neg = grp == 0
-        pos_idx = torch.nonzero(grp).squeeze(1)
-        g = grp[pos_idx].long() - 1
         if bool(torch.equal(group_sat, group_area)):
-            inc = 1.0 / group_area[g]
+            # PRO: every membership entry adds 1/|A_k|; a lookup table with 0 for defect-free pixels
+            table = torch.cat([group_area.new_zeros(1), 1.0 / group_area])
+            dy = table[grp.long()]
         else:
+            pos_idx = torch.nonzero(grp).squeeze(1)
+            g = grp[pos_idx].long() - 1
             # rank of each membership entry inside its region (1-based), in descending score order
             g_sorted, perm = torch.sort(g, stable=True)
             counts = torch.bincount(g_sorted, minlength=n_regions)
@@ -411,8 +413,8 @@ def _overlap_curve(
             r = rank.to(torch.float64)
             sat = group_sat[g]
             inc = torch.clamp(r / sat, max=1.0) - torch.clamp((r - 1.0) / sat, max=1.0)
-        dy = torch.zeros(s.numel(), dtype=torch.float64, device=s.device)
-        dy[pos_idx] = inc
+            dy = torch.zeros(s.numel(), dtype=torch.float64, device=s.device)
+            dy[pos_idx] = inc
         fp = torch.cumsum(neg.to(torch.int64), 0)
         ov = torch.cumsum(dy, 0)
         ends = torch.ones(s.numel(), dtype=torch.bool, device=s.device)

@@ -172,7 +172,7 @@ class RunningThreshold:
         err = _errors_1d(errors, "RunningThreshold.predict")
         if classes is None:
             return err > self.threshold
-        cls = np.asarray(list(classes)).ravel()
+        cls = np.asarray(classes.detach().cpu() if isinstance(classes, torch.Tensor) else list(classes)).ravel()
         if cls.shape != err.shape:
             raise MetricError(f"RunningThreshold.predict: {err.size} errors but {cls.size} class labels")
         thr = np.array([self.threshold_of(c.item() if hasattr(c, "item") else c) for c in cls])

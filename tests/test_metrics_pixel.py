@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from skimage.measure import label as sk_label
 from sklearn.metrics import roc_auc_score
 
@@ -173,6 +176,18 @@ def test_au_pro_return_curve():
 @pytest.mark.parametrize("lim", [0.3, 0.05, 1.0])
 def test_au_pro_matches_slow_reference(seed, lim):
     maps, masks = _random_case(seed)
+    assert M.au_pro(maps, masks, fpr_limit=lim) == pytest.approx(slow_au_pro(maps, masks, lim), abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    masks=arrays(bool, (2, 7, 7)),
+    maps=arrays(np.int8, (2, 7, 7), elements=st.integers(0, 5)),  # few levels: many ties
+    lim=st.sampled_from([0.01, 0.05, 0.3, 0.77, 1.0]),
+)
+def test_au_pro_property_matches_slow_reference(masks, maps, lim):
+    assume(masks.any() and not masks.all())
+    maps = maps.astype(np.float64)
     assert M.au_pro(maps, masks, fpr_limit=lim) == pytest.approx(slow_au_pro(maps, masks, lim), abs=1e-9)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from iadlib.errors import ConfigError, MetricError
@@ -56,6 +57,11 @@ def test_running_threshold_per_class_and_predict():
     assert rt.threshold == pytest.approx((np.mean(errors[:4]) + np.mean(errors[4:])) / 2)
     dec = rt.predict([1.0, 1.0, 11.0, 12.0], classes=["a", "b", "b", "b"])
     assert dec.tolist() == [True, False, False, True]
+    # integer classes given as torch tensors (as a Mixer autoencoder's classifier would output)
+    rt_int = RunningThreshold(alpha=1.0, beta=0.0)
+    rt_int.update(torch.tensor([1.0, 2.0, 10.0, 20.0]), classes=torch.tensor([0, 0, 1, 1]))
+    assert rt_int.threshold_of(1) == pytest.approx(15.0)
+    assert rt_int.predict(torch.tensor([1.6, 16.0]), classes=torch.tensor([0, 1])).tolist() == [True, True]
     with pytest.raises(MetricError, match="no threshold for class 'c'"):
         rt.threshold_of("c")
     state = rt.state_dict()
