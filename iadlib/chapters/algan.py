@@ -56,12 +56,8 @@ _SMOKE_IMG = dict(image_size=32, base=8, epochs=2, val_every=1, batch_size=8)
 _QUICK_IMG = dict(image_size=32, base=16, epochs=10, val_every=2, batch_size=16)
 _FULL_IMG = dict(image_size=256, base=64, epochs=512, val_every=8, batch_size=16)
 _SMOKE_FEAT = dict(image_size=64, epochs=2, val_every=1, batch_size=8, hidden=32, n_rot_train=1, n_rot_test=1)
-_QUICK_FEAT = dict(
-    image_size=128, epochs=24, val_every=4, batch_size=16, hidden=256, n_rot_train=4, n_rot_test=4
-)
-_FULL_FEAT = dict(
-    image_size=224, epochs=192, val_every=8, batch_size=16, hidden=1024, n_rot_train=24, n_rot_test=64
-)
+_QUICK_FEAT = dict(image_size=128, epochs=24, val_every=4, batch_size=16, hidden=256, n_rot_train=4, n_rot_test=4)
+_FULL_FEAT = dict(image_size=224, epochs=192, val_every=8, batch_size=16, hidden=1024, n_rot_train=24, n_rot_test=64)
 
 _ABLATION = {  # Table 5.8: (buffered data, anomalous latent)
     "none": dict(use_buffer=False, use_anomalous_latent=False),
@@ -175,9 +171,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "5.12": [1, 2, 3, 4],
         },
         latents=list(_LATENTS),
-        oneclass=dict(
-            dataset="coil100", fallback="fashion_mnist", classes=list(range(10)), n_train=None, n_test=None
-        ),
+        oneclass=dict(dataset="coil100", fallback="fashion_mnist", classes=list(range(10)), n_train=None, n_test=None),
         toy=dict(n_real=4096, epochs=200),
         robustness=dict(sigmas=[5.0, 6.0, 7.0, 8.0], cutpaste=True),
         patchcore_cfg=dict(coreset_ratio=0.25, image_size=224),
@@ -282,11 +276,7 @@ def run_protocol(
         "tag": tag,
     }
     done = store.get(CHAPTER, params)
-    if (
-        done is not None
-        and not force
-        and (not keep_model or Path(done["extra"].get("checkpoint", "")).is_file())
-    ):
+    if done is not None and not force and (not keep_model or Path(done["extra"].get("checkpoint", "")).is_file()):
         return done
     try:
         model = get_model(method, seed=seed, device=device, **model_cfg)
@@ -640,10 +630,11 @@ def frame(results_dir: str | Path | None = None) -> pd.DataFrame:
     df = ResultStore(results_dir).frame(CHAPTER)
     if df.empty:
         return df
+    for col in ("dataset", "category", "tag", "x_checkpoint", "x_scores", "x_labels", "x_history"):
+        if col not in df:
+            df[col] = None
     df["label"] = df["method"].map(METHOD_LABELS).fillna(df["method"])
-    df["data"] = df["dataset"].astype(str) + np.where(
-        df["category"].notna(), "/" + df["category"].astype(str), ""
-    )
+    df["data"] = df["dataset"].astype(str) + np.where(df["category"].notna(), "/" + df["category"].astype(str), "")
     return df
 
 
@@ -686,11 +677,7 @@ def table_reported_vs_ours(df: pd.DataFrame, table: str, profile: str) -> pd.Dat
     sel = df[(df["table"] == table) & (df["metric"] == "image_auroc") & (df["profile"] == profile)]
     ours = sel.groupby("label")["value"].mean().rename("reproduced")
     datasets = ", ".join(sorted(sel["data"].unique()))
-    out = (
-        rep.set_index("method")[["value"]]
-        .rename(columns={"value": "reported (MVTec AD)"})
-        .join(ours, how="outer")
-    )
+    out = rep.set_index("method")[["value"]].rename(columns={"value": "reported (MVTec AD)"}).join(ours, how="outer")
     out["Δ"] = out["reproduced"] - out["reported (MVTec AD)"]
     out["substitution"] = f"MVTec AD → {datasets}"
     return out
@@ -730,6 +717,32 @@ def table_sweep(df: pd.DataFrame, table: str, profile: str) -> pd.DataFrame:
     rep = rep.set_index("method")["value"].rename("reported")
     out = ours.join(rep, how="left")
     out["Δ"] = out["reproduced"] - out["reported"]
+    thesis = {
+        "5.8": "MVTec AD (15 categories), ALGAN-image",
+        "5.13": "MVTec AD bottle, ALGAN-image",
+        "5.14": "MVTec AD (15 categories), ALGAN-feature",
+    }.get(table, "MVTec AD bottle, ALGAN-image")
+    ours_data = ", ".join(sorted(sel["data"].unique()))
+    ours_method = ", ".join(sorted(sel["label"].unique()))
+    out["substitution"] = f"{thesis} → {ours_data}, {ours_method}"
+    return out
+
+
+def table_reported(table: str) -> pd.DataFrame:
+    """The thesis' table as printed: mean (± std where given) per category × method."""
+    rep = reported()
+    rep = rep[rep["table"] == table]
+    mean = rep[rep["metric"] == "image_auroc"].pivot_table(
+        index="category", columns="method", values="value", aggfunc="first", sort=False
+    )
+    std = rep[rep["metric"] == "image_auroc_std"].pivot_table(
+        index="category", columns="method", values="value", aggfunc="first", sort=False
+    )
+    out = mean.map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
+    for c in std.columns:
+        for r in std.index:
+            if r in out.index and c in out.columns and pd.notna(std.loc[r, c]):
+                out.loc[r, c] = f"{mean.loc[r, c]:.3f} ± {std.loc[r, c]:.3f}"
     return out
 
 
@@ -808,9 +821,7 @@ def fig_fakes(df: pd.DataFrame, profile: str, n: int = 8, device: str = "auto"):
                 ax.imshow(imgs[j])
                 ax.set_xticks([])
                 ax.set_yticks([])
-            axes[2 * r + k, 0].set_ylabel(
-                f"{row['data']}\n{'N(0,σ²I)' if anomalous else 'N(0,I)'}", fontsize=8
-            )
+            axes[2 * r + k, 0].set_ylabel(f"{row['data']}\n{'N(0,σ²I)' if anomalous else 'N(0,I)'}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -859,9 +870,7 @@ def fig_auroc_vs_time(df: pd.DataFrame, profile: str):
     sel = df[df["table"].isin(["5.2", "5.3"]) & (df["metric"] == "image_auroc") & (df["profile"] == profile)]
     if sel.empty:
         return None
-    agg = (
-        sel.groupby("label").agg(auroc=("value", "mean"), ms=("x_predict_ms_per_image", "mean")).reset_index()
-    )
+    agg = sel.groupby("label").agg(auroc=("value", "mean"), ms=("x_predict_ms_per_image", "mean")).reset_index()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     sns.scatterplot(agg, x="ms", y="auroc", hue="label", s=80, ax=ax)
     for _, r in agg.iterrows():
