@@ -75,8 +75,11 @@ def kmeans_scores(train: Any, test: Any, n_clusters: int = 10, seed: int = 0) ->
     return km.transform(te).min(1).astype(np.float64)
 
 
-def ocsvm_scores(train: Any, test: Any, nu: float = 0.1, gamma: str | float = "scale") -> np.ndarray:
-    """One-Class SVM with an RBF kernel; anomaly score = −decision function."""
+def ocsvm_scores(
+    train: Any, test: Any, nu: float = 0.1, gamma: str | float = "scale", seed: int = 0
+) -> np.ndarray:
+    """One-Class SVM with an RBF kernel; anomaly score = −decision function (deterministic:
+    ``seed`` is accepted for a uniform signature only)."""
     from sklearn.svm import OneClassSVM
 
     tr, te = _check_features(train, test)
@@ -140,7 +143,7 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss) * len(xb)
+            tot += float(loss.detach()) * len(xb)
         hist.append(tot / len(x))
     model.eval()
     return hist
