@@ -187,6 +187,10 @@ def test_ssim_matches_skimage(rgb):
     valid, _ = ssim_map(ta, tb)
     assert full.shape[-2:] == ta.shape[-2:]
     torch.testing.assert_close(full[..., 5:-5, 5:-5], valid)
+    # and agrees with the library's shared SSIM map (iadlib.losses), border included
+    from iadlib.losses import ssim_map as shared_ssim_map
+
+    torch.testing.assert_close(full, shared_ssim_map(ta, tb, data_range=2.0))
 
 
 def _ms_ssim_reference(a: np.ndarray, b: np.ndarray, scales: int) -> float:
@@ -244,24 +248,32 @@ def test_reconstruction_error_scores_and_maps():
 # --- Eq. 6 and Algorithm 1 ------------------------------------------------------------------------
 def test_running_threshold_eq6():
     th = ClassThresholds(2, alpha=0.25, beta=-0.5)
-    e1 = np.array([1.0, 3.0, 10.0, 14.0])
-    c1 = np.array([0, 0, 1, 1])
-    th.observe_batch(e1, c1)
+    th.observe_batch(np.array([1.0, 3.0, 10.0, 14.0]), np.array([0, 0, 1, 1]))
     th.observe_batch(np.array([2.0, 2.0]), np.array([0, 0]))
     t1 = th.end_epoch()
-    # class 0: batch means 2, 2 → μ = 2; batch stds 1, 0 → σ = 0.5; T₁ = μ + βσ = 1.75
-    # class 1: μ = 12, σ = 2 → T₁ = 11
-    np.testing.assert_allclose(t1, [1.75, 11.0])
-    th.observe_batch(np.array([4.0, 4.0, 20.0]), np.array([0, 0, 1]))
+    # epoch averages of the batch means / (unbiased) batch stds, per class; T₁ = μ + βσ
+    mu0, sd0 = np.mean([2.0, 2.0]), np.mean([np.std([1.0, 3.0], ddof=1), 0.0])
+    mu1, sd1 = 12.0, np.std([10.0, 14.0], ddof=1)
+    np.testing.assert_allclose(t1, [mu0 - 0.5 * sd0, mu1 - 0.5 * sd1])
+    th.observe_batch(np.array([4.0, 6.0, 20.0]), np.array([0, 0, 1]))
     t2 = th.end_epoch()
-    # T₂ = (1 − α)T₁ + α(μ + βσ): class 0 → 0.75·1.75 + 0.25·4; class 1 → 0.75·11 + 0.25·20
-    np.testing.assert_allclose(t2, [0.75 * 1.75 + 0.25 * 4.0, 0.75 * 11 + 0.25 * 20.0])
+    # T₂ = (1 − α)·T₁ + α·(μ + βσ); a batch of one has σ = 0
+    target0 = 5.0 - 0.5 * np.std([4.0, 6.0], ddof=1)
+    np.testing.assert_allclose(t2, [0.75 * t1[0] + 0.25 * target0, 0.75 * t1[1] + 0.25 * 20.0])
     th.observe_batch(np.array([100.0]), np.array([1]))  # class 0 unseen this epoch: unchanged
     t3 = th.end_epoch()
     assert t3[0] == t2[0] and t3[1] == pytest.approx(0.75 * t2[1] + 0.25 * 100.0)
-    # Algorithm 1: anomalous iff score > thresholds[c]
-    dec = th.decide(np.array([3.0, 3.0, 40.0]), np.array([0, 1, 1]))
-    assert dec.tolist() == [True, False, True]
+    # Algorithm 1: anomalous iff score > thresholds[c] (strict)
+    dec = th.decide(np.array([t3[0] + 1e-9, t3[0], 40.0, t3[1]]), np.array([0, 0, 1, 1]))
+    assert dec.tolist() == [True, False, True, False]
+    # state round trip
+    th2 = ClassThresholds(2)
+    th2.load_state_dict(th.state_dict())
+    np.testing.assert_array_equal(th2.values, t3)
+    # one class: the pooled threshold of the plain CAE
+    pooled = ClassThresholds(1, alpha=1.0, beta=0.0)
+    pooled.observe_batch(np.array([1.0, 2.0, 3.0, 6.0]), np.zeros(4, int))
+    np.testing.assert_allclose(pooled.end_epoch(), [3.0])
     with pytest.raises(ConfigError, match="beta"):
         ClassThresholds(2, alpha=0.5, beta=1.0)
     with pytest.raises(ConfigError, match="alpha"):

@@ -19,8 +19,9 @@ What lives here, with the paper's numbering:
   check it against scikit-image); :func:`reconstruction_error` turns L2 / SSIM / MS-SSIM into
   per-image scores and per-pixel maps.
 * :class:`ClassThresholds` — the per-class running threshold of **Eq. 6**,
-  ``T_i = (1 − α)·T_{i−1} + α·(μ + β·σ)``, updated once per epoch from the batch means and standard
-  deviations of the reconstruction error, and **Algorithm 1** at inference.
+  ``T_i = (1 − α)·T_{i−1} + α·(μ + β·σ)`` (:class:`iadlib.thresholds.RunningThreshold`), updated
+  once per epoch from the batch means and standard deviations of the reconstruction error, and
+  **Algorithm 1** at inference.
 * :func:`weighted_vote` — the weighted voting ensemble of **Eq. 10**.
 * Detectors ``"cae"`` (one model, one threshold) and ``"mixer_ae"`` (CO+DE+MIX by default: one
   model for all categories, a threshold per predicted category). Both follow the single-category
@@ -48,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ..data.base import as_image_list
 from ..errors import ConfigError, DatasetError
+from ..thresholds import RunningThreshold
 from ..utils import seed_everything
 from . import register_model
 from .base import Detector, check_loss, images_to_tensor, iter_batches
@@ -454,62 +456,49 @@ def reconstruction_error(
 # Thresholds (Eq. 6, Algorithm 1) and the voting ensemble (Eq. 10)
 # ------------------------------------------------------------------------------------------------
 class ClassThresholds:
-    """Per-class running thresholds of Eq. 6: ``T_i = (1 − α)·T_{i−1} + α·(μ + β·σ)``.
+    """Per-class running thresholds of Eq. 6, ``T_i = (1 − α)·T_{i−1} + α·(μ + β·σ)``, indexed by class.
 
-    ``μ`` and ``σ`` are the epoch averages of the per-batch mean and standard deviation of the
-    reconstruction error of each class (§3.1: "we keep track of the mean and the standard deviation
-    of the reconstruction error of each batch and then compute their average at the end of the
-    epoch"). The first update sets ``T_1 = μ + β·σ`` (there is no ``T_0``). ``α ∈ (0, 1]`` weighs the
-    new statistics, ``β ∈ (−1, 1)`` moves the threshold by a fraction of ``σ`` (negative: more
-    recall). One class = the single global threshold of the plain CAE.
+    A thin adapter over :class:`iadlib.thresholds.RunningThreshold` (which holds the statistics:
+    the epoch averages of the per-batch mean and standard deviation of the reconstruction error of
+    each class, §3.1, and ``T_1 = μ_1 + β·σ_1``) that exposes the thresholds as an array in class
+    order and applies Algorithm 1. ``n_classes == 1`` is the single pooled threshold of a plain CAE.
     """
 
     def __init__(self, n_classes: int, alpha: float = 0.5, beta: float = 0.5):
-        if not 0.0 < alpha <= 1.0:
-            raise ConfigError(f"alpha must lie in (0, 1], got {alpha}")
-        if not -1.0 < beta < 1.0:
-            raise ConfigError(f"beta must lie in (-1, 1) (Eq. 6), got {beta}")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.values = np.full(n_classes, np.nan)
-        self._reset_epoch()
-
-    def _reset_epoch(self) -> None:
-        n = len(self.values)
-        self._mu_sum = np.zeros(n)
-        self._sd_sum = np.zeros(n)
-        self._count = np.zeros(n)
+        self.n_classes = int(n_classes)
+        self.running = RunningThreshold(alpha, beta)
 
     def observe_batch(self, errors: np.ndarray, classes: np.ndarray) -> None:
-        """Accumulate one batch's per-class mean and (population) standard deviation of the error."""
-        errors = np.asarray(errors, dtype=np.float64)
-        classes = np.asarray(classes, dtype=int)
-        for c in np.unique(classes):
-            e = errors[classes == c]
-            self._mu_sum[c] += e.mean()
-            self._sd_sum[c] += e.std()
-            self._count[c] += 1
+        """Record one training batch's per-image errors (and their classes)."""
+        self.running.add_batch(errors, np.asarray(classes, int) if self.n_classes > 1 else None)
 
     def end_epoch(self) -> np.ndarray:
-        """Apply Eq. 6 with this epoch's averaged statistics; classes unseen this epoch keep ``T``."""
-        seen = self._count > 0
-        mu = np.where(seen, self._mu_sum / np.maximum(self._count, 1), np.nan)
-        sd = np.where(seen, self._sd_sum / np.maximum(self._count, 1), np.nan)
-        target = mu + self.beta * sd
-        first = seen & np.isnan(self.values)
-        upd = seen & ~first
-        self.values[first] = target[first]
-        self.values[upd] = (1 - self.alpha) * self.values[upd] + self.alpha * target[upd]
-        self._reset_epoch()
-        return self.values.copy()
+        """Apply Eq. 6 with this epoch's statistics; classes unseen this epoch keep their ``T``."""
+        self.running.end_epoch()
+        return self.values
+
+    @property
+    def values(self) -> np.ndarray:
+        t = self.running.thresholds
+        if self.n_classes == 1:
+            return np.array([t.get("__all__", np.nan)], dtype=np.float64)
+        return np.array([t.get(k, np.nan) for k in range(self.n_classes)], dtype=np.float64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n_classes": self.n_classes, "running": copy.deepcopy(self.running.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n_classes = int(state["n_classes"])
+        self.running.load_state_dict(copy.deepcopy(state["running"]))
 
     def decide(self, scores: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         """Algorithm 1: anomalous iff ``score > thresholds[c]`` (class 0 when ``classes`` is None)."""
-        if np.isnan(self.values).any():
+        values = self.values
+        if np.isnan(values).any():
             raise ConfigError("thresholds are not set yet: train for at least one epoch")
         scores = np.asarray(scores, dtype=np.float64)
         classes = np.zeros(len(scores), int) if classes is None else np.asarray(classes, int)
-        return scores > self.values[classes]
+        return scores > values[classes]
 
 
 def weighted_vote(
@@ -725,7 +714,7 @@ class AutoencoderDetector(Detector):
                     ce = F.cross_entropy(logits, y)
                     loss = loss + c["ce_weight"] * ce
                     sums["acc"] += float((logits.argmax(1) == y).float().sum())
-                check_loss(loss, f"epoch {epoch} step {step}", self.name)
+                check_loss(loss.detach(), f"epoch {epoch} step {step}", self.name)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -778,14 +767,14 @@ class AutoencoderDetector(Detector):
         return {
             "ae": copy.deepcopy(self.ae.state_dict()),
             "cls": copy.deepcopy(self.classifier.state_dict()) if self.classifier is not None else None,
-            "thr": self.thresholds.values.copy(),
+            "thr": self.thresholds.state_dict(),
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:
         self.ae.load_state_dict(snap["ae"])
         if self.classifier is not None and snap["cls"] is not None:
             self.classifier.load_state_dict(snap["cls"])
-        self.thresholds.values = snap["thr"].copy()
+        self.thresholds.load_state_dict(snap["thr"])
 
     def _prepare_validation(self, val: dict[int, Any]) -> list[tuple[int, list[np.ndarray], np.ndarray]]:
         out = []
@@ -871,7 +860,7 @@ class AutoencoderDetector(Detector):
         return {
             "ae": self.ae.state_dict(),
             "classifier": self.classifier.state_dict() if self.classifier is not None else None,
-            "thresholds": self.thresholds.values.tolist(),
+            "thresholds": self.thresholds.state_dict(),
             "categories": list(self.categories),
         }
 
@@ -884,7 +873,7 @@ class AutoencoderDetector(Detector):
             if state.get("classifier") is None:
                 raise DatasetError("mixer checkpoint without classifier weights")
             self.classifier.load_state_dict(state["classifier"])
-        self.thresholds.values = np.asarray(state["thresholds"], dtype=np.float64)
+        self.thresholds.load_state_dict(state["thresholds"])
 
 
 @register_model("mixer_ae")
