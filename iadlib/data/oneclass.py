@@ -83,7 +83,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise DatasetError(
             f"{path}: expected {n} data bytes for shape {dims}, found {len(body)} (truncated?)"
         )
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy()  # writable
 
 
 def _find(folder: Path, stem: str) -> Path | None:

@@ -132,9 +132,7 @@ def _stroke(size: int, points: Sequence[tuple[float, float]], width: float, ss: 
     return a / 255.0
 
 
-def _blob(
-    size: int, cx: float, cy: float, radius: float, irregularity: float, rng: np.random.Generator
-) -> np.ndarray:
+def _blob(size: int, cx: float, cy: float, radius: float, irregularity: float, rng: np.random.Generator) -> np.ndarray:
     """Star-shaped blob: radius r(θ) = R·(1 + Σ_k a_k cos(kθ + φ_k)), k = 2..5 (bool mask)."""
     xx, yy = _grid(size, size)
     dx, dy = xx - cx, yy - cy
@@ -185,7 +183,11 @@ def normal_texture(category: str, size: int, rng: np.random.Generator) -> np.nda
 
 
 # ------------------------------------------------------------------------------- texture defects
-def _defect_scratch(img, rng, size, sev, category):
+#: a defect renderer returns (float image with the defect, its footprint, parameters for the record)
+_DefectOut = tuple[np.ndarray, np.ndarray, dict[str, Any]]
+
+
+def _defect_scratch(img: np.ndarray, rng: np.random.Generator, size: int, sev: str, category: str) -> _DefectOut:
     L = size * rng.uniform(0.2, 0.5) * _SEV_SIZE[sev]
     x0, y0 = rng.uniform(0.15, 0.85, 2) * size
     th = rng.uniform(0, 2 * np.pi)
@@ -200,7 +202,7 @@ def _defect_scratch(img, rng, size, sev, category):
     return img + sign * delta * alpha[:, :, None], alpha > 0.02, {"length_px": float(L)}
 
 
-def _defect_crack(img, rng, size, sev, category):
+def _defect_crack(img: np.ndarray, rng: np.random.Generator, size: int, sev: str, category: str) -> _DefectOut:
     def walk(x, y, th, n, step):
         pts = [(x, y)]
         for _ in range(n):
@@ -222,7 +224,7 @@ def _defect_crack(img, rng, size, sev, category):
     return img * (1 - depth * alpha[:, :, None]), alpha > 0.02, {"segments": n}
 
 
-def _defect_hole(img, rng, size, sev, category):
+def _defect_hole(img: np.ndarray, rng: np.random.Generator, size: int, sev: str, category: str) -> _DefectOut:
     r = size * rng.uniform(0.025, 0.055) * _SEV_SIZE[sev]
     cx, cy = rng.uniform(0.15, 0.85, 2) * size
     inner = _blob(size, cx, cy, r, 0.25, rng)
@@ -247,7 +249,7 @@ _STAIN_COLOURS = {
 }
 
 
-def _defect_stain(img, rng, size, sev, category):
+def _defect_stain(img: np.ndarray, rng: np.random.Generator, size: int, sev: str, category: str) -> _DefectOut:
     r = size * rng.uniform(0.05, 0.12) * _SEV_SIZE[sev]
     cx, cy = rng.uniform(0.2, 0.8, 2) * size
     blob = _blob(size, cx, cy, r, 0.45, rng)
@@ -259,7 +261,7 @@ def _defect_stain(img, rng, size, sev, category):
     return (1 - a) * img + a * colour, blob, {"colour": name, "radius_px": float(r)}
 
 
-def _defect_foreign_body(img, rng, size, sev, category):
+def _defect_foreign_body(img: np.ndarray, rng: np.random.Generator, size: int, sev: str, category: str) -> _DefectOut:
     others = [c for c in TEXTURE_CATEGORIES if c != category]
     other = others[int(rng.integers(0, len(others)))]
     foreign = _crop(other, size, rng, scale=rng.uniform(0.25, 0.6))
@@ -273,7 +275,7 @@ def _defect_foreign_body(img, rng, size, sev, category):
     return out, blob, {"material": other, "radius_px": float(r)}
 
 
-def _defect_missing(img, rng, size, sev, category):
+def _defect_missing(img: np.ndarray, rng: np.random.Generator, size: int, sev: str, category: str) -> _DefectOut:
     side = int(rng.integers(0, 4))
     t = rng.uniform(0.2, 0.8) * size
     cx, cy = [(t, 0.0), (size, t), (t, size), (0.0, t)][side]
@@ -287,7 +289,7 @@ def _defect_missing(img, rng, size, sev, category):
     return out, blob, {"side": side, "radius_px": float(r)}
 
 
-def _defect_cutpaste(img, rng, size, sev, category):
+def _defect_cutpaste(img: np.ndarray, rng: np.random.Generator, size: int, sev: str, category: str) -> _DefectOut:
     area = size * size * rng.uniform(0.01, 0.03) * _SEV_SIZE[sev] ** 2
     aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
     h = int(np.clip(round(np.sqrt(area / aspect)), 4, size // 2))
@@ -370,9 +372,7 @@ def texture_sample(
     and by tests that check masks against the pixels that changed.
     """
     if category not in _TEXTURE_SOURCES:
-        raise ConfigError(
-            f"unknown synth_textures category {category!r}; valid: {', '.join(TEXTURE_CATEGORIES)}"
-        )
+        raise ConfigError(f"unknown synth_textures category {category!r}; valid: {', '.join(TEXTURE_CATEGORIES)}")
     rng = image_rng(seed, "synth_textures", category, split, index, defect or "good")
     good = to_uint8(normal_texture(category, image_size, rng))
     if defect is None:
@@ -458,9 +458,7 @@ def generate_textures(
     them), files are named ``000.png, 001.png …`` per folder, masks ``ground_truth/<type>/000_mask.png``.
     """
     if category not in _TEXTURE_SOURCES:
-        raise ConfigError(
-            f"unknown synth_textures category {category!r}; valid: {', '.join(TEXTURE_CATEGORIES)}"
-        )
+        raise ConfigError(f"unknown synth_textures category {category!r}; valid: {', '.join(TEXTURE_CATEGORIES)}")
     kinds = tuple(defects) if defects else TEXTURE_DEFECTS
     bad = [d for d in kinds if d not in TEXTURE_DEFECTS]
     if bad:
@@ -591,9 +589,7 @@ class _Scene:
         self.cloth = ndi.gaussian_filter(rng.normal(0, 1, (size, size)), 1.0).astype(np.float32) * 0.03
         gain = rng.uniform(0.93, 1.07)
         gx, gy = rng.uniform(-0.08, 0.08, 2)
-        self.light = (gain * (1 + gx * (self.xx / size - 0.5) + gy * (self.yy / size - 0.5))).astype(
-            np.float32
-        )
+        self.light = (gain * (1 + gx * (self.xx / size - 0.5) + gy * (self.yy / size - 0.5))).astype(np.float32)
         self.cx = size / 2 + rng.uniform(-0.03, 0.03) * size
         self.cy = size / 2 + rng.uniform(-0.03, 0.03) * size
 
@@ -614,9 +610,7 @@ def _fc_nominal(size: int) -> dict[str, Any]:
     return {"a": a, "b": b, "corner": 0.03 * size, "holes": holes, "cuts": [], "bites": [], "scratches": []}
 
 
-def _render_fc(
-    scene: _Scene, spec: dict[str, Any], th: float, plate_fields: dict[str, np.ndarray]
-) -> np.ndarray:
+def _render_fc(scene: _Scene, spec: dict[str, Any], th: float, plate_fields: dict[str, np.ndarray]) -> np.ndarray:
     size = scene.size
     u, v = _local(scene.xx, scene.yy, scene.cx, scene.cy, th)
     plate = _coverage(_sdf_round_box(u, v, spec["a"], spec["b"], spec["corner"]))
@@ -721,9 +715,7 @@ def _fc_defect(kind: str, spec: dict[str, Any], rng: np.random.Generator, size: 
             _to_image(float(uu), float(vv), spec["cx"], spec["cy"], th)
             for uu, vv in zip(np.linspace(u0, u1, 12), np.linspace(v0, v1, 12) + rng.normal(0, 0.02 * b, 12))
         ]
-        spec["scratches"] = spec["scratches"] + [
-            (pts, rng.uniform(1.2, 2.2) * size / 256, rng.uniform(0.45, 0.7))
-        ]
+        spec["scratches"] = spec["scratches"] + [(pts, rng.uniform(1.2, 2.2) * size / 256, rng.uniform(0.45, 0.7))]
     else:  # pragma: no cover
         raise ConfigError(f"unknown flat_connector defect {kind!r}")
     return spec
@@ -784,9 +776,7 @@ def _render_cmp(scene: _Scene, spec: dict[str, Any], th: float, fields: dict[str
     floor = np.zeros_like(tray)
     for u0, v0, u1, v1 in _cells(size):
         cu, cv = (u0 + u1) / 2, (v0 + v1) / 2
-        floor = np.maximum(
-            floor, _coverage(_sdf_round_box(u - cu, v - cv, (u1 - u0) / 2, (v1 - v0) / 2, 3.0))
-        )
+        floor = np.maximum(floor, _coverage(_sdf_round_box(u - cu, v - cv, (u1 - u0) / 2, (v1 - v0) / 2, 3.0)))
     tray_col = np.float32(0.78) + fields["plastic"]
     tray_img = tray_col * (1 - 0.18 * floor)  # recessed floors are darker than the walls
     img = np.repeat((0.1 + scene.cloth)[..., None], 3, axis=2)
@@ -806,9 +796,7 @@ _PART_KINDS = ("washer", "nut", "ball")
 _PART_COLOURS = {"washer": (0.85, 0.85, 0.9), "nut": (0.8, 0.7, 0.35), "ball": (0.9, 0.3, 0.25)}
 
 
-def _place_part(
-    rng: np.random.Generator, cell: tuple[float, float, float, float], r: float, avoid: list[dict]
-):
+def _place_part(rng: np.random.Generator, cell: tuple[float, float, float, float], r: float, avoid: list[dict]):
     u0, v0, u1, v1 = cell
     for _ in range(200):
         pu, pv = rng.uniform(u0 + r + 1, u1 - r - 1), rng.uniform(v0 + r + 1, v1 - r - 1)

@@ -83,6 +83,10 @@ def apply_transforms(
         mask = resize_mask(mask, image_size)
     if regions is not None:
         regions = [resize_mask(r, image_size) for r in regions]
+    # PIL-backed arrays are read-only; samples hand out writable arrays (torch.from_numpy warns otherwise)
+    image = image if image.flags.writeable else image.copy()
+    if mask is not None and not mask.flags.writeable:
+        mask = mask.copy()
     return image, mask, regions
 
 
