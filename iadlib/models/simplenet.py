@@ -28,7 +28,7 @@ re-extracts them every epoch, which gives the same numbers because nothing augme
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -162,6 +162,7 @@ def train_discriminator(
     name: str,
     monitor: Any = None,
     verbose: bool = False,
+    batch_fn: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
     """SimpleNet's training loop (§3.5, official ``_train_discriminator``) on cached features.
 
@@ -170,6 +171,10 @@ def train_discriminator(
     discriminator are updated jointly (Adam, lr 1e-4 / 2e-4 in the paper; the discriminator with
     weight decay 1e-5 and cosine annealing as in the official code). ``monitor(epoch)`` (optional)
     returns a dict of numbers appended to ``history`` after each epoch (e.g. a held-out AUROC).
+
+    Fakes: by default SimpleNet's ``q⁻ = G_θ(o) + ε``. ``batch_fn(idx, gen) -> (true, fake)``
+    (optional) instead returns the adaptor *inputs* of the true and fake patch vectors of the
+    images ``idx``, for fakes made before a non-linear cut (the LOCO ensemble's PatchCore member).
     """
     params = [p for p in adaptor.parameters() if p.requires_grad]
     opt_a = torch.optim.Adam(params, lr=lr_adaptor) if params else None
@@ -188,9 +193,14 @@ def train_discriminator(
             idx = perm[i : i + bs]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs more than one image's worth of patches
                 idx = torch.cat([idx, perm[:1]])
-            q = adaptor(to_patches(features[idx]))
-            eps = torch.randn(q.shape, generator=gen).to(q.device, q.dtype) * noise_std
-            scores = discriminator(torch.cat([q, q + eps]))
+            if batch_fn is None:
+                q = adaptor(to_patches(features[idx]))
+                eps = torch.randn(q.shape, generator=gen).to(q.device, q.dtype) * noise_std
+                q_fake = q + eps
+            else:
+                true_in, fake_in = batch_fn(idx, gen)
+                q, q_fake = adaptor(true_in), adaptor(fake_in)
+            scores = discriminator(torch.cat([q, q_fake]))
             s_true, s_fake = scores[: len(q)], scores[len(q) :]
             loss = truncated_l1_loss(s_true, s_fake, margin, margin)
             if opt_a is not None:
