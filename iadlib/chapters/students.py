@@ -367,6 +367,24 @@ def reported_table(dataset: str = "mnist") -> pd.DataFrame:
     return piv.loc[order, cols]
 
 
+def scale_table(
+    fig1: pd.DataFrame, metrics: tuple[str, ...] = ("au_pro", "pixel_auroc", "image_auroc")
+) -> pd.DataFrame:
+    """Metrics per dataset and scale (p = 17, 33, 65, multi-scale), with the paper's MVTec AD AU-PRO
+    (main paper Table 1: p = 65 and multi-scale) in the last columns for orientation."""
+    d = fig1[fig1["metric"].isin(metrics)]
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(name=d["dataset"] + "/" + d["category"].astype(str))
+    piv = d.pivot_table(index=["name", "metric"], columns="scale", values="value", aggfunc="mean")
+    piv = piv[[c for c in ("17", "33", "65", "multi") if c in piv.columns]]
+    rep = load_reported("students")
+    rep = rep[(rep["dataset"] == "mvtec_ad") & (rep["metric"] == "au_pro")].set_index("method")["value"]
+    for m, col in (("students p=65", "paper MVTec AU-PRO p=65"), ("students multi", "paper MVTec AU-PRO multi")):
+        piv[col] = [rep.get(m, np.nan) if met == "au_pro" else np.nan for _, met in piv.index]
+    return piv.round(3)
+
+
 # --- figures ---------------------------------------------------------------------------------
 
 
@@ -460,6 +478,7 @@ __all__ = [
     "reported_table",
     "run_figure1",
     "run_tables",
+    "scale_table",
     "table_view",
     "tables_frame",
 ]
