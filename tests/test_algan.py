@@ -72,9 +72,7 @@ def test_discriminator_loss_first_epoch_and_ablations():
 
 def test_generator_loss_is_non_saturating_eq_4_2():
     logits = torch.tensor([-2.0, 0.0, 3.0])
-    assert float(A.generator_loss(logits)) == pytest.approx(
-        float(-torch.log(torch.sigmoid(logits)).mean()), rel=1e-6
-    )
+    assert float(A.generator_loss(logits)) == pytest.approx(float(-torch.log(torch.sigmoid(logits)).mean()), rel=1e-6)
 
 
 # --- buffer ---------------------------------------------------------------------------------
@@ -148,9 +146,7 @@ def test_spectral_norm_on_every_discriminator_layer():
         (A.MLPDiscriminator(6, 16), torch.randn(4, 6)),
     ):
         layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        assert layers and all(
-            hasattr(m, "parametrizations") and "weight" in m.parametrizations for m in layers
-        )
+        assert layers and all(hasattr(m, "parametrizations") and "weight" in m.parametrizations for m in layers)
         with torch.no_grad():
             for m in layers:  # make the raw weights large: spectral norm must undo it
                 m.parametrizations.weight.original.mul_(50.0)
@@ -349,3 +345,29 @@ def test_algan_feature_runs_with_rotations_and_roundtrips(tmp_path):
     assert len(m.history["val_auroc"]) == 3
     m2 = load_model(m.save(tmp_path / "f.pt"), device="cpu")
     np.testing.assert_allclose(m2.predict(test)[0], scores, rtol=1e-5, atol=1e-6)
+
+
+# --- notebook -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_notebook_smoke(tmp_path):
+    """The chapter notebook runs end to end with the smoke profile and writes its records."""
+    import json
+    from pathlib import Path
+
+    papermill = pytest.importorskip("papermill")
+    nb = Path(__file__).resolve().parent.parent / "notebooks" / "04_algan.ipynb"
+    cells = json.loads(nb.read_text())["cells"]
+    first_code = next(c for c in cells if c["cell_type"] == "code")
+    assert "parameters" in first_code["metadata"].get("tags", [])
+    assert all(not c.get("outputs") for c in cells if c["cell_type"] == "code")  # committed without outputs
+    res = tmp_path / "results"
+    papermill.execute_notebook(
+        str(nb), str(tmp_path / "out.ipynb"), kernel_name="python3",
+        parameters={"profile": "smoke", "results_dir": str(res), "torch_threads": 1}, progress_bar=False,
+    )  # fmt: skip
+    from iadlib.chapters import algan as ch
+
+    df = ch.frame(res)
+    tables = set(df["table"])
+    assert {"5.2", "5.3", "5.8", "5.9", "5.13", "Fig. 4.5"} <= tables
+    assert (df.loc[df["metric"] == "image_auroc", "value"].between(0, 1)).all()
