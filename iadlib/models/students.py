@@ -310,6 +310,10 @@ def sample_triplet_patches(
     return torch.stack(anchors), torch.stack(positives)
 
 
+#: Part of every cached teacher's key: bump it when distillation or the architectures change.
+TEACHER_CACHE_VERSION = 1
+
+
 @dataclass
 class DistillConfig:
     """Settings of teacher distillation; the defaults are the ``full`` profile's (see the chapter)."""
@@ -330,7 +334,9 @@ class DistillConfig:
     seed: int = 0
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:16]
+        """Cache identity: every field plus :data:`TEACHER_CACHE_VERSION` (bumped when the code changes)."""
+        blob = json.dumps({**self.__dict__, "version": TEACHER_CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 def _cache_dir() -> Path:
