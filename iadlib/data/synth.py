@@ -907,10 +907,15 @@ def loco_sample(
     full = spec
     regions: list[tuple[str, np.ndarray]] = []
     for name in chosen:
-        one = make(name, spec, rng, size, used)
+        for _attempt in range(5):  # a defect too small to change any 8-bit pixel is redrawn
+            one = make(name, spec, rng, size, used)
+            alone = render(scene, one, th, fields)
+            region = (alone != good).any(axis=-1)
+            if region.any():
+                break
+        else:  # pragma: no cover - only at degenerate sizes
+            raise DatasetError(f"synth_loco: a {name} defect changes no pixel at {size}px")
         full = _merge_spec(full, one, spec)
-        alone = render(scene, one, th, fields)
-        region = (alone != good).any(axis=-1)
         if name == "wrong_hole_size":
             region = ndi.binary_fill_holes(region)
         if name in ("missing_item", "extra_item"):
