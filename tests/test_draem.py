@@ -210,8 +210,8 @@ def test_unfitted_model_refuses_to_predict():
 
 
 def test_detects_texture_defects():
-    train, test = stripe_textures(48, 12, 12, size=64, seed=1)
-    m = get_model("draem", image_size=64, width=8, epochs=14, lr=1e-3, batch_size=8, device="cpu")
+    train, test = stripe_textures(48, 12, 12, size=32, seed=1)
+    m = get_model("draem", image_size=32, width=8, epochs=20, lr=1e-3, batch_size=4, device="cpu")
     scores, maps = m.fit(train).predict(test)
     auroc = image_auroc(test.labels, scores)
     assert auroc > 0.8, auroc

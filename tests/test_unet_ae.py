@@ -139,9 +139,9 @@ def test_unfitted_model_refuses_to_predict():
 
 
 def test_detects_texture_defects():
-    train, test = stripe_textures(48, 12, 12, size=64, seed=1)
+    train, test = stripe_textures(32, 12, 12, size=32, seed=1)
     m = get_model(
-        "unet_ae", image_size=64, width=8, depth=4, latent=16, epochs=20, lr=2e-3, batch_size=8, device="cpu"
+        "unet_ae", image_size=32, width=8, depth=3, latent=16, epochs=15, lr=2e-3, batch_size=8, device="cpu"
     )
     scores, _ = m.fit(train).predict(test)
     auroc = image_auroc(test.labels, scores)
