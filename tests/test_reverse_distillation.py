@@ -74,9 +74,20 @@ def test_cosine_distance_maps_eq2():
         ref = 1 - (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         np.testing.assert_allclose(mk.numpy(), ref, rtol=1e-5, atol=1e-6)
     # Eq. (3): sum over stages of the mean map; zero for a perfect student, 2 per stage for -f_E
-    assert float(rd_loss(t, s)) == pytest.approx(sum(float(m.mean()) for m in maps), rel=1e-6)
-    assert float(rd_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
-    assert float(rd_loss(t, [-x for x in t])) == pytest.approx(4.0, rel=1e-6)
+    assert float(rd_loss(t, s, mode="pixel")) == pytest.approx(sum(float(m.mean()) for m in maps), rel=1e-6)
+    assert float(rd_loss(t, t, mode="pixel")) == pytest.approx(0.0, abs=1e-6)
+    assert float(rd_loss(t, [-x for x in t], mode="pixel")) == pytest.approx(4.0, rel=1e-6)
+    # the official code's loss: cosine distance of the flattened maps, against numpy
+    ref = sum(
+        np.mean(
+            [
+                1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+                for a, b in zip(tk.flatten(1).numpy(), sk.flatten(1).numpy())
+            ]
+        )
+        for tk, sk in zip(t, s)
+    )
+    assert float(rd_loss(t, s)) == pytest.approx(ref, rel=1e-5)
     # scale invariance of the cosine distance (per location)
     assert float(rd_loss(t, [3 * x for x in t], mode="flattened")) == pytest.approx(0.0, abs=1e-6)
 
@@ -136,6 +147,4 @@ def test_bad_config():
     with pytest.raises(ConfigError, match="layers=.1, 2, 7."):
         get_model("reverse_distillation", layers=(1, 2, 7), image_size=SIZE, device="cpu")
     with pytest.raises(RuntimeError, match="fit"):
-        get_model("reverse_distillation", image_size=SIZE, device="cpu").predict(
-            np.zeros((1, SIZE, SIZE), np.uint8)
-        )
+        get_model("reverse_distillation", image_size=SIZE, device="cpu").predict(np.zeros((1, SIZE, SIZE), np.uint8))

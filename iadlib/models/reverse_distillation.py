@@ -14,12 +14,14 @@ bottleneck, so the student cannot restore the teacher's features there.
   *one-class embedding* (OCE) block, a residual stage with stride 2, compresses the fusion into
   ``φ`` (channels ``embed_dim``, stride twice the last stage's).
 * **Student** ``D``: mirrors ``E``: per stage, from deep to shallow, a 2×2 transposed convolution
-  (stride 2) + BN + ReLU followed by residual blocks, giving ``f_D^k`` with ``f_E^k``'s channels.
+  (stride 2) + BN + ReLU followed by residual blocks, giving ``f_D^k`` with ``f_E^k``'s channels
+  (the last block without its final ReLU: EfficientNet's stage outputs take both signs).
 * **Eq. (2)** per-location cosine distance
   ``M^k(h, w) = 1 − f_E^k(h,w)ᵀ f_D^k(h,w) / (‖f_E^k(h,w)‖ ‖f_D^k(h,w)‖)``.
 * **Eq. (3)** knowledge-distillation loss ``L_KD = Σ_k 1/(H_k W_k) Σ_{h,w} M^k(h, w)`` (averaged over
-  the batch). ``loss="flattened"`` uses the official code's variant instead: one cosine distance
-  per stage between the flattened feature maps.
+  the batch): ``loss="pixel"``. The default, ``loss="flattened"``, is what the official code and
+  Anomalib (which A.2.1 ran) optimise: one cosine distance per stage between the flattened maps,
+  ``Σ_k 1 − cos(vec f_E^k, vec f_D^k)``; it trains to sharper maps in short schedules here.
 * **Eq. (4)** anomaly map ``S_AL = Σ_k Ψ(M^k)`` with ``Ψ`` bilinear up-sampling to the image size,
   smoothed by a Gaussian (σ = 4 px at 256 px); the image score is the map's maximum.
 
@@ -54,10 +56,15 @@ def _log2_ratio(big: int, small: int) -> int:
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block ``ReLU(x + BN(conv3×3(ReLU(BN(conv3×3(x))))))`` (optional stride / width change)."""
+    """ResNet basic block ``ReLU(x + BN(conv3×3(ReLU(BN(conv3×3(x))))))`` (optional stride / width change).
 
-    def __init__(self, cin: int, cout: int, stride: int = 1):
+    ``relu_out=False`` drops the final ReLU: a student stage's output must be able to match teacher
+    features of either sign (EfficientNet stages end in a linear projection, unlike ResNet's ReLU).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, relu_out: bool = True):
         super().__init__()
+        self.relu_out = relu_out
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
@@ -69,13 +76,12 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idt = x if self.down is None else self.down(x)
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        return F.relu(self.bn2(self.conv2(y)) + idt, inplace=True)
+        y = self.bn2(self.conv2(y)) + idt
+        return F.relu(y, inplace=True) if self.relu_out else y
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class OCBE(nn.Module):
@@ -124,7 +130,7 @@ class UpStage(nn.Module):
             )
         else:
             self.up = _conv_bn_relu(cin, cout, 1)
-        self.blocks = nn.Sequential(*[BasicBlock(cout, cout) for _ in range(n_blocks)])
+        self.blocks = nn.Sequential(*[BasicBlock(cout, cout, relu_out=i < n_blocks - 1) for i in range(n_blocks)])
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         y = self.up(x)
@@ -173,16 +179,12 @@ class ReverseDistillationNet(nn.Module):
         return self.decoder(self.bottleneck(feats), [tuple(f.shape[-2:]) for f in feats])
 
 
-def cosine_distance_maps(
-    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
+def cosine_distance_maps(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Eq. (2): ``M^k = 1 − cos(f_E^k, f_D^k)`` along channels, one ``[B,H_k,W_k]`` map per stage."""
     return [1.0 - F.cosine_similarity(t, s, dim=1, eps=1e-6) for t, s in zip(teacher, student)]
 
 
-def rd_loss(
-    teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], mode: str = "pixel"
-) -> torch.Tensor:
+def rd_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], mode: str = "flattened") -> torch.Tensor:
     """Eq. (3) ``L_KD = Σ_k mean_{h,w} M^k`` (batch mean); ``mode="flattened"``: official-code variant."""
     if mode == "pixel":
         return sum(m.mean() for m in cosine_distance_maps(teacher, student))
@@ -222,7 +224,7 @@ class ReverseDistillation(Detector):
         embed_dim: int | None = None,
         oce_blocks: int = 1,
         decoder_blocks: int = 2,
-        loss: str = "pixel",
+        loss: str = "flattened",
         sigma: float | None = None,
         cache_features: bool | None = None,
         verbose: bool = False,
@@ -231,14 +233,15 @@ class ReverseDistillation(Detector):
         if loss not in ("pixel", "flattened"):
             raise ConfigError(f"reverse_distillation: loss={loss!r}; valid: 'pixel' (Eq. 3), 'flattened'")
         if epochs < 1 or lr <= 0:
+            raise ConfigError(f"reverse_distillation: need epochs >= 1 and lr > 0, got epochs={epochs}, lr={lr}")
+        if decoder_blocks < 1 or oce_blocks < 1:
             raise ConfigError(
-                f"reverse_distillation: need epochs >= 1 and lr > 0, got epochs={epochs}, lr={lr}"
+                f"reverse_distillation: need decoder_blocks >= 1 and oce_blocks >= 1, got {decoder_blocks}, "
+                f"{oce_blocks}"
             )
         layers = tuple(int(i) for i in layers)
         if len(layers) < 2 or list(layers) != sorted(set(layers)):
-            raise ConfigError(
-                f"reverse_distillation: layers must be >= 2 increasing stage indices, got {layers}"
-            )
+            raise ConfigError(f"reverse_distillation: layers must be >= 2 increasing stage indices, got {layers}")
         self.config.update(
             epochs=epochs,
             lr=lr,
@@ -338,9 +341,7 @@ class ReverseDistillation(Detector):
         feats = self._teacher(x)
         maps = cosine_distance_maps(feats, self.net(feats))
         size = tuple(x.shape[-2:])
-        total = sum(
-            F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in maps
-        )
+        total = sum(F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in maps)
         return total, maps
 
     @torch.no_grad()
