@@ -151,6 +151,12 @@ def load_backbone(
 
     dev = resolve_device(device)
     layers = tuple(int(i) for i in layers)
+    try:
+        n_stages = len(timm.create_model(name, pretrained=False, features_only=True).feature_info)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown backbone {name!r} for timm: {exc}") from exc
+    if not layers or any(i < 0 or i >= n_stages for i in layers):
+        raise ConfigError(f"{name} has stages 0..{n_stages - 1}; got layers={layers}")
     if not pretrained:
         model = timm.create_model(name, pretrained=False, features_only=True, out_indices=layers)
     else:
@@ -165,9 +171,6 @@ def load_backbone(
             missing, _ = model.load_state_dict(full.state_dict(), strict=False)
             if missing:
                 raise WeightsError(f"{name}: weights miss {len(missing)} tensors of the extractor, e.g. {missing[:3]}")
-    n_stages = len(timm.create_model(name, pretrained=False, features_only=True).feature_info)
-    if any(i < 0 or i >= n_stages for i in layers):
-        raise ConfigError(f"{name} has stages 0..{n_stages - 1}; got layers={layers}")
     bb = Backbone(name, layers, model).to(dev).eval()
     for p in bb.parameters():
         p.requires_grad_(False)

@@ -118,7 +118,7 @@ def run_experiment(
     key = experiment_key(params)
     pred_path = store.root / chapter / f"{key}.npz"
     labels = ds.test.labels
-    pick = _example_indices(labels, scores, n_maps)
+    pick = _example_indices(labels, n_maps)
     with atomic_path(pred_path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(
@@ -152,16 +152,18 @@ def run_experiment(
     return store.put(chapter, params, metrics, extra, device=device)
 
 
-def _example_indices(labels: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
-    """Half normal, half anomalous examples spread over the score range (deterministic)."""
+def _example_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Half normal, half anomalous test images, chosen from the labels alone (deterministic).
+
+    Every method on the same dataset therefore shows the *same* images in the chapter's figures.
+    """
+    rng = np.random.default_rng(seed)
     out = []
     for lab in (0, 1):
         idx = np.flatnonzero(labels == lab)
-        if len(idx) == 0:
-            continue
-        idx = idx[np.argsort(scores[idx])]
         k = min(len(idx), n // 2)
-        out.extend(idx[np.linspace(0, len(idx) - 1, k).round().astype(int)])
+        if k:
+            out.extend(np.sort(rng.choice(idx, size=k, replace=False)))
     return np.array(out, dtype=int)
 
 

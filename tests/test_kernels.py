@@ -1,0 +1,74 @@
+"""Distance, kNN and coreset kernels against independent computations."""
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from iadlib.errors import ConfigError
+from iadlib.kernels import greedy_coreset, greedy_coreset_reference, knn, random_projection, sq_dists
+
+
+def test_sq_dists_matches_cdist():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 7, generator=g), torch.randn(30, 7, generator=g)
+    assert torch.allclose(sq_dists(a, b), torch.cdist(a, b) ** 2, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_matches_brute_force_and_faiss(k):
+    g = torch.Generator().manual_seed(1)
+    bank, q = torch.randn(500, 16, generator=g), torch.randn(123, 16, generator=g)
+    d, i = knn(q, bank, k=k, chunk_bytes=4 * 500 * 10)  # force several blocks
+    full = torch.cdist(q, bank)
+    ref_d, ref_i = full.topk(k, dim=1, largest=False)
+    if k == 1:
+        ref_d, ref_i = ref_d[:, 0], ref_i[:, 0]
+    assert torch.equal(i, ref_i)
+    assert torch.allclose(d, ref_d, atol=1e-4)
+    index = faiss.IndexFlatL2(16)
+    index.add(bank.numpy())
+    fd, fi = index.search(q.numpy(), k)
+    assert np.array_equal(fi[:, 0], (i if k == 1 else i[:, 0]).numpy())
+
+
+def test_knn_bad_shapes():
+    with pytest.raises(ConfigError):
+        knn(torch.zeros(3, 4), torch.zeros(5, 3))
+    with pytest.raises(ConfigError):
+        knn(torch.zeros(3, 4), torch.zeros(2, 4), k=3)
+
+
+@pytest.mark.parametrize("seed,n,dim", [(0, 40, 2), (1, 200, 8), (2, 300, 64)])
+def test_pruned_coreset_equals_plain_greedy(seed, n, dim):
+    g = torch.Generator().manual_seed(seed)
+    # clustered data, where pruning actually skips work
+    centres = torch.randn(20, dim, generator=g) * 5
+    x = centres[torch.randint(0, 20, (3000,), generator=g)] + torch.randn(3000, dim, generator=g)
+    fast = greedy_coreset(x, n, start=7, refresh=5)
+    ref = greedy_coreset_reference(x, n, start=7)
+    assert torch.equal(fast, ref)
+    assert len(set(fast.tolist())) == n
+
+
+def test_coreset_covering_radius_beats_random():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4000, 10, generator=g)
+    sel = greedy_coreset(x, 100)
+    rnd = torch.randperm(4000, generator=g)[:100]
+    cover = torch.cdist(x, x[sel]).min(1).values.max()
+    cover_rnd = torch.cdist(x, x[rnd]).min(1).values.max()
+    assert cover < cover_rnd
+    with pytest.raises(ConfigError):
+        greedy_coreset(x, 0)
+
+
+def test_random_projection_preserves_distances():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(200, 512, generator=g)
+    y = random_projection(x, 128, seed=0)
+    assert y.shape == (200, 128)
+    d0, d1 = torch.pdist(x), torch.pdist(y)
+    ratio = d1 / d0
+    assert 0.7 < float(ratio.min()) and float(ratio.max()) < 1.3  # Johnson–Lindenstrauss
+    assert random_projection(x, 1024) is x
