@@ -83,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_train": 32,
         "max_test_per_label": 24,
         "val_fraction": 1 / 3,
-        "model": dict(arch="table2", image_size=64, width=1 / 8, epochs=6, batch_size=16, alpha=0.5, beta=0.5,
+        "model": dict(arch="table2", image_size=64, width=1 / 8, epochs=8, batch_size=16, alpha=0.5, beta=0.5,
                       patience=20, lr_patience=5),
     },
     "full": {
@@ -544,9 +544,9 @@ def plot_reconstructions(
     fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
     vmax = float(np.quantile(maps, 0.995))
     for j, (name, lab, im) in enumerate(picks):
-        axes[0, j].imshow(_resize_u8(im, size), cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=255)
+        axes[0, j].imshow(_resize_u8(im, size))
         axes[0, j].set_title(f"{name}\n{'anomalous' if lab else 'normal'}", fontsize=7)
-        axes[1, j].imshow(recs[j].mean(-1) if im.ndim == 2 else recs[j], cmap="gray", vmin=0, vmax=1)
+        axes[1, j].imshow(recs[j])
         axes[2, j].imshow(maps[j], cmap="inferno", vmin=0, vmax=vmax)
     for a, lab in zip(axes[:, 0], ("input", "reconstruction", "error map")):
         a.set_ylabel(lab, fontsize=8)
@@ -561,7 +561,7 @@ def plot_reconstructions(
 def _resize_u8(im: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
-    pil = Image.fromarray(im)
+    pil = Image.fromarray(im).convert("RGB")  # categories may mix grey and colour images
     if pil.size != (size, size):
         pil = pil.resize((size, size), Image.BILINEAR)
     return np.asarray(pil)

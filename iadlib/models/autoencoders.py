@@ -582,6 +582,7 @@ class AutoencoderDetector(Detector):
         patience: int = 20,
         lr_patience: int = 5,
         lr_factor: float = 0.5,
+        precise_bn: bool = True,
         verbose: bool = False,
     ):
         if arch not in ARCHS:
@@ -601,7 +602,7 @@ class AutoencoderDetector(Detector):
             arch=arch, width=width, latent_dim=latent_dim, loss=loss, noise_std=noise_std,
             contractive=contractive, n_projections=n_projections, mixer=mixer, ce_weight=ce_weight,
             dropout=dropout, alpha=alpha, beta=beta, epochs=epochs, lr=lr, eps=eps, patience=patience,
-            lr_patience=lr_patience, lr_factor=lr_factor, verbose=verbose,
+            lr_patience=lr_patience, lr_factor=lr_factor, precise_bn=precise_bn, verbose=verbose,
         )
         ClassThresholds(1, alpha, beta)  # validates alpha/beta now
         self.ae = build_autoencoder(arch, self.image_size, width, latent_dim).to(self.device)
@@ -727,11 +728,13 @@ class AutoencoderDetector(Detector):
                     per_class.setdefault(int(k), []).append(err[ycpu == k])
                 b = len(idx)
                 n_seen += b
-                sums["loss"] += float(loss) * b
-                sums["rec"] += float(rec.mean()) * b
-                sums["ce"] += float(ce) * b
-                sums["jac"] += float(jac_term) * b
+                sums["loss"] += float(loss.detach()) * b
+                sums["rec"] += float(rec.detach().mean()) * b
+                sums["ce"] += float(ce.detach()) * b
+                sums["jac"] += float(jac_term.detach()) * b
             thr = self.thresholds.end_epoch()
+            if c["precise_bn"] and (val_data is not None or epoch == c["epochs"] - 1):
+                self._recalibrate_bn(data)
             for k in ("loss", "rec", "ce", "jac"):
                 hist.setdefault(k, []).append(sums[k] / max(n_seen, 1))
             if self.classifier is not None:
@@ -762,6 +765,29 @@ class AutoencoderDetector(Detector):
             self._restore(best[1])
             hist["best_epoch"] = [float(int(np.argmax(hist["val_f1"])))]
         self.history = hist
+
+    @torch.no_grad()
+    def _recalibrate_bn(self, data: torch.Tensor) -> None:
+        """Precise BatchNorm (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"): re-estimate the
+        running statistics as exact averages over the clean training images with the final
+        weights. The exponential running averages lag behind the weights early in training and
+        were collected on noisy inputs (Eq. 7), while inference sees clean ones; without this the
+        evaluation-mode network (and the Mixer's classifier) can drift from the training-mode one.
+        The optimised weights are untouched."""
+        bns = [m for m in self.ae.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average = the exact mean over the batches
+        self.ae.train()
+        for i in range(0, len(data), self.batch_size):
+            x = _to_unit_range(data[i : i + self.batch_size].to(self.device).float() / 255.0)
+            if len(x) > 1:
+                self.ae(x)
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
     def _snapshot(self) -> dict[str, Any]:
         return {

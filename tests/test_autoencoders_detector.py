@@ -1,0 +1,140 @@
+"""The ``cae`` / ``mixer_ae`` detectors: protocol, multi-category training, Algorithm 1, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from iadlib import metrics as M
+from iadlib.data import Split
+from iadlib.errors import ConfigError, DatasetError
+from iadlib.models import get_model, load_model
+from iadlib.models.autoencoders import AutoencoderDetector, MixerAE
+
+SIZE = 48
+FAST = dict(image_size=SIZE, width=1 / 16, batch_size=8, device="cpu", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CI machine is small and shared; tiny convolutions gain nothing
+    yield
+    torch.set_num_threads(n)
+
+
+def _crops(img: np.ndarray, n: int, seed: int, size: int = SIZE) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ys = rng.integers(0, img.shape[0] - size, n)
+    xs = rng.integers(0, img.shape[1] - size, n)
+    return np.stack([img[y : y + size, x : x + size] for y, x in zip(ys, xs)]).astype(np.uint8)
+
+
+def _with_defect(imgs: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = imgs.copy()
+    for im in out:
+        y, x = rng.integers(4, SIZE - 20, 2)
+        im[y : y + 16, x : x + 16] = 255 if im.mean() < 128 else 0
+    return out
+
+
+TEXTURES = {"brick": skdata.brick(), "grass": skdata.grass(), "moon": skdata.moon()}
+
+
+def test_cae_separates_anomalies_and_round_trips(tmp_path):
+    train = _crops(TEXTURES["grass"], 48, 0)
+    good = _crops(TEXTURES["grass"], 12, 1)
+    src = _crops(TEXTURES["grass"], 12, 2)
+    bad = _with_defect(src, 3)
+    model = get_model("cae", epochs=8, lr=2e-3, **FAST)
+    assert isinstance(model, AutoencoderDetector) and not isinstance(model, MixerAE)
+    with pytest.raises(RuntimeError, match="fit"):
+        model.predict(good)
+    model.fit(train)
+    test = np.concatenate([good, bad])
+    labels = np.r_[np.zeros(12), np.ones(12)]
+    scores, maps = model.predict(test)
+    assert scores.shape == (24,) and maps.shape == (24, SIZE, SIZE)
+    assert M.image_auroc(labels, scores) > 0.8
+    # the error map lights up inside the pasted square
+    inside = bad != src
+    assert maps[12:][inside].mean() > 2 * maps[12:][~inside].mean()
+    assert len(model.history["loss"]) == 8 and model.history["loss"][-1] < model.history["loss"][0]
+    t = model.history["threshold/all"]
+    assert len(t) == 8 and np.all(np.isfinite(t))
+    # decisions follow Algorithm 1 with the single pooled threshold
+    p = model.predict_multi(test)
+    np.testing.assert_array_equal(p.decision, p.score > t[-1])
+    assert set(p.category) == {"all"}
+    # checkpoint round trip: same scores, same thresholds
+    path = model.save(tmp_path / "cae.pt")
+    again = load_model(path, device="cpu")
+    s2, _ = again.predict(test)
+    np.testing.assert_allclose(s2, scores, rtol=1e-5)
+    np.testing.assert_array_equal(again.predict_multi(test).decision, p.decision)
+
+
+def test_mixer_classifies_categories_and_uses_their_thresholds(tmp_path):
+    train = {name: _crops(img, 24, 10 + k) for k, (name, img) in enumerate(TEXTURES.items())}
+    val = {}
+    for k, (name, img) in enumerate(TEXTURES.items()):
+        good, bad = _crops(img, 4, 20 + k), _with_defect(_crops(img, 4, 30 + k), k)
+        val[name] = Split.from_arrays(np.concatenate([good, bad]), labels=[0] * 4 + [1] * 4)
+    model = get_model("mixer_ae", epochs=6, lr=2e-3, **FAST)
+    assert model.config["noise_std"] == 0.3 and model.config["contractive"] == 1e-4 and model.config["mixer"]
+    model.fit_multi(train, validation=val)
+    h = model.history
+    assert len(h["val_f1"]) == 6 and 0 <= max(h["val_f1"]) <= 1 and "best_epoch" in h
+    assert h["jac"][0] > 0 and h["ce"][-1] < h["ce"][0]
+    # held-out crops of each texture: the latent classifier names the category (chance: 1/3)
+    test = np.concatenate([_crops(img, 10, 40 + k) for k, img in enumerate(TEXTURES.values())])
+    truth = np.repeat(np.arange(3), 10)
+    p = model.predict_multi(test)
+    acc = float(np.mean(p.category_index == truth))
+    assert acc >= 0.6, acc  # chance is 1/3: P(≥ 18 of 30 by chance) < 1e-3
+    assert p.category == [list(TEXTURES)[i] for i in p.category_index]
+    thr = model.thresholds.values
+    assert thr.shape == (3,) and np.all(np.isfinite(thr))
+    np.testing.assert_array_equal(p.threshold, thr[p.category_index])
+    np.testing.assert_array_equal(p.decision, p.score > thr[p.category_index])
+    ck = load_model(model.save(tmp_path / "mixer.pt"), device="cpu")
+    assert isinstance(ck, MixerAE) and ck.categories == list(TEXTURES)
+    p2 = ck.predict_multi(test)
+    np.testing.assert_array_equal(p2.category_index, p.category_index)
+    np.testing.assert_allclose(p2.score, p.score, rtol=1e-5)
+    rec = ck.reconstruct(test[:2])
+    assert rec.shape == (2, SIZE, SIZE, 3) and rec.min() >= 0 and rec.max() <= 1
+
+
+def test_table1_arch_and_structural_losses_train():
+    imgs = _crops(TEXTURES["brick"], 16, 5, size=32)
+    for loss in ("ssim", "mssim"):
+        m = get_model("cae", arch="table1", loss=loss, epochs=2, image_size=32, width=0.25, latent_dim=16,
+                      batch_size=8, device="cpu")  # fmt: skip
+        m.fit(imgs)
+        s, maps = m.predict(imgs[:4])
+        assert np.all((s >= 0) & (s <= 2)) and maps.shape == (4, 32, 32)
+
+
+def test_bad_configuration_and_input():
+    with pytest.raises(ConfigError, match="valid: l2, ssim, mssim"):
+        get_model("cae", loss="l1")
+    with pytest.raises(ConfigError, match="valid: table1, table2"):
+        get_model("cae", arch="table3")
+    with pytest.raises(ConfigError, match="beta"):
+        get_model("mixer_ae", beta=1.5)
+    with pytest.raises(ConfigError, match="divisible by 16"):
+        get_model("cae", image_size=40)
+    with pytest.raises(ConfigError, match="≥ 0"):
+        get_model("cae", noise_std=-0.1)
+    m = get_model("mixer_ae", epochs=1, **FAST)
+    with pytest.raises(DatasetError, match="no categories"):
+        m.fit_multi({})
+    imgs = _crops(TEXTURES["brick"], 4, 0)
+    with pytest.raises(DatasetError, match="lack training data"):
+        m.fit_multi({"brick": imgs}, validation={"tile": Split.from_arrays(imgs, labels=[0, 0, 1, 1])})
+    with pytest.raises(DatasetError, match="at least 2"):
+        m.fit_multi({"brick": imgs[:1]})
