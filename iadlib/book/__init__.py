@@ -131,32 +131,33 @@ def run(
     tasks = [(str(nb), str(out_dir), params, timeout) for nb in nbs]
     print(f"Executing {len(tasks)} chapter(s), profile={profile}, jobs={jobs}", flush=True)
     records: list[dict[str, Any]] = []
+    log = Path(results_dir or REPO_ROOT / "results") / "book_runs.json"
+    history = json.loads(log.read_text()) if log.is_file() else []
+    this_run = {"profile": profile, "time": time.time(), "chapters": records}
+    history.append(this_run)
+
+    def done(rec: dict[str, Any]) -> None:
+        # the log is rewritten after every chapter, so later chapters (the appendix) see this run's times
+        records.append(rec)
+        _report(rec)
+        atomic_write_text(log, json.dumps(history, indent=1))
+
     if scheduler or use_dask:
         from dask.distributed import Client, LocalCluster
 
         cluster = None if scheduler else LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True)
         with Client(scheduler or cluster) as client:
-            futures = client.map(_run_one, tasks, pure=False)
-            for fut in futures:
-                rec = fut.result()
-                records.append(rec)
-                _report(rec)
+            for fut in client.map(_run_one, tasks, pure=False):
+                done(fut.result())
         if cluster is not None:
             cluster.close()
     elif jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             for rec in pool.map(_run_one, tasks):
-                records.append(rec)
-                _report(rec)
+                done(rec)
     else:
         for t in tasks:
-            rec = _run_one(t)
-            records.append(rec)
-            _report(rec)
-    log = Path(results_dir or REPO_ROOT / "results") / "book_runs.json"
-    history = json.loads(log.read_text()) if log.is_file() else []
-    history.append({"profile": profile, "time": time.time(), "chapters": records})
-    atomic_write_text(log, json.dumps(history, indent=1))
+            done(_run_one(t))
     total = sum(r["seconds"] for r in records)
     print(f"Total {total:.0f} s", flush=True)
     bad = [r for r in records if r["status"] != "ok"]
