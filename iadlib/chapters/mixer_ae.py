@@ -442,8 +442,9 @@ def reported_table4() -> pd.DataFrame:
     rep = load_reported(REPORTED)
     rep = rep[rep["table"] == "Table 4"]
     wide = rep.pivot_table(index="category", columns=["method", "metric"], values="value", sort=False)
-    order = [c for c in rep["category"].drop_duplicates()]
-    return wide.reindex(order)
+    cols = [(m, k) for m in rep["method"].drop_duplicates() for k in ("normal", "anomalous", "mean")
+            if (m, k) in wide.columns]  # fmt: skip
+    return wide.reindex(index=list(rep["category"].drop_duplicates()), columns=cols)
 
 
 def table4_side_by_side(records: dict[str, dict[str, Any]], variant: str | None = None) -> pd.DataFrame:
@@ -485,6 +486,9 @@ def plot_training_scores(record: dict[str, Any], ax: Any = None) -> Any:
     for cat, g in df.groupby("category", sort=False):
         ax.fill_between(g["epoch"], g["score"] - g["std"], g["score"] + g["std"], color=pal[cat], alpha=0.12)
         ax.plot(g["epoch"], g["threshold"], ls="--", color=pal[cat], lw=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_ylabel("training anomaly score (log)")
     ax.set_title(f"{record['params']['method']}: scores per class during training (dashed: Eq. 6 threshold)")
