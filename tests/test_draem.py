@@ -178,7 +178,7 @@ def test_training_lowers_the_loss_and_follows_the_lr_schedule(tmp_path):
     assert h["loss"][-1] < h["loss"][0]
     assert h["l2"][-1] < h["l2"][0]
     # Adam lr × 0.2 after 80 % and 90 % of the epochs
-    np.testing.assert_allclose(h["lr"][:7], 2e-3)
+    np.testing.assert_allclose(h["lr"][:8], 2e-3)
     np.testing.assert_allclose(h["lr"][8], 2e-3 * 0.2)
     np.testing.assert_allclose(h["lr"][9], 2e-3 * 0.04)
     scores, maps = m.predict(test)

@@ -271,11 +271,11 @@ class DRAEM(Detector):
                 sums += [float(loss.detach()), float(l2.detach()), float(ls.detach()), float(lf.detach())]
                 n_batches += 1
                 step += 1
+            self.history["lr"].append(float(opt.param_groups[0]["lr"]))  # the rate this epoch used
             sched.step()
             means = sums / max(1, n_batches)
             for k, v in zip(("loss", "l2", "ssim", "focal"), means):
                 self.history[k].append(float(v))
-            self.history["lr"].append(float(opt.param_groups[0]["lr"]))
             bar.set_postfix(loss=f"{means[0]:.4f}")
         self.reconstructive.eval()
         self.discriminative.eval()
