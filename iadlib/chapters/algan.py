@@ -746,6 +746,9 @@ def table_sweep(df: pd.DataFrame, table: str, profile: str) -> pd.DataFrame:
     rep = rep.set_index("method")["value"].rename("reported")
     out = ours.join(rep, how="left")
     out["Δ"] = out["reproduced"] - out["reported"]
+    order = [tag for t, tag, _ in _sweep_points(profile_config(profile)) if t == table]
+    order += [k for k in R_ORDER if k not in order]
+    out = out.loc[[t for t in order if t in out.index] + [t for t in out.index if t not in order]]
     thesis = {
         "5.8": "MVTec AD (15 categories), ALGAN-image",
         "5.13": "MVTec AD bottle, ALGAN-image",
@@ -755,6 +758,9 @@ def table_sweep(df: pd.DataFrame, table: str, profile: str) -> pd.DataFrame:
     ours_method = ", ".join(sorted(sel["label"].unique()))
     out["substitution"] = f"{thesis} → {ours_data}, {ours_method}"
     return out
+
+
+R_ORDER = ["σ=5", "σ=6", "σ=7", "σ=8", "CutPaste-style"]
 
 
 def table_reported(table: str) -> pd.DataFrame:
@@ -885,6 +891,7 @@ def fig_logit_histograms(df: pd.DataFrame, profile: str):
             stat="density",
             common_norm=False,
             element="step",
+            hue_order=["normal", "anomalous"],
         )
         ax.set_title(f"{row['data']} (AUROC {row['value']:.3f})", fontsize=9)
     fig.tight_layout()
@@ -913,7 +920,7 @@ def fig_auroc_vs_time(df: pd.DataFrame, profile: str):
 
 
 def fig_validation_curves(df: pd.DataFrame, profile: str):
-    """Fig. 5.6: validation AUROC during training (every ``val_every`` epochs), seed 0 per method."""
+    """Fig. 5.6: validation AUROC during training (every ``val_every`` epochs), mean over seeds."""
     import seaborn as sns
 
     sel = df[df["table"].isin(["5.2", "5.3"]) & (df["metric"] == "image_auroc") & (df["profile"] == profile)]
