@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iadlib.chapters import mixer_ae as ch
-from iadlib.errors import ConfigError
+from iadlib.errors import ConfigError, DatasetError
 from iadlib.results import ResultStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,8 +29,8 @@ def test_chapter_rejects_unknown_choices():
         ch.load_benchmark("tiny")
     with pytest.raises(ConfigError, match="valid: baseline"):
         ch.model_config("CO+MIX", "smoke")
-    with pytest.raises(ConfigError, match="data_root"):
-        ch.load_benchmark("full")
+    with pytest.raises(DatasetError, match="data_root"):
+        ch.load_benchmark("full", data_root=str(REPO / "no_such_folder"))
 
 
 @pytest.mark.slow

@@ -130,14 +130,17 @@ def load_benchmark(
     out: dict[str, CategoryData] = {}
     for ds_name, cat, cfg in prof["categories"]:
         cfg = dict(cfg)
-        if ds_name == "mvtec_ad":
-            if data_root is None:
-                raise ConfigError(
-                    "the full profile trains on the 15 MVTec AD categories: pass data_root=<folder holding "
-                    "carpet/, grid/, …> (download MVTec AD from mvtec.com; it is not shipped)"
-                )
-            cfg["root"] = data_root
-        ds = get_dataset(ds_name, category=cat, seed=seed, **cfg)
+        if ds_name == "mvtec_ad" and data_root is not None:
+            cfg["root"] = data_root  # else the loader's default ($IADLIB_DATA/mvtec_ad or .cache/data/mvtec_ad)
+        try:
+            ds = get_dataset(ds_name, category=cat, seed=seed, **cfg)
+        except DatasetError as exc:
+            if ds_name != "mvtec_ad":
+                raise
+            raise DatasetError(
+                f"the full profile trains one model on the 15 MVTec AD categories and needs the dataset: {exc}; "
+                "in the notebook, pass data_root=<folder holding carpet/, grid/, …>"
+            ) from exc
         name = category_name(ds_name, cat)
         rng = np.random.default_rng([seed, len(out)])
         train = ds.train
