@@ -72,6 +72,15 @@ def test_mvtec_counts_labels_and_mask_alignment(tmp_path):
         get_dataset("mvtec_ad", root=tmp_path / "bottle", category="cable")
 
 
+def test_mvtec_root_from_environment(tmp_path, monkeypatch):
+    make_mvtec(tmp_path)
+    monkeypatch.setenv("IADLIB_MVTEC_AD_ROOT", str(tmp_path))
+    assert len(get_dataset("mvtec_ad", category="bottle").train) == 4
+    monkeypatch.setenv("IADLIB_MVTEC_AD_ROOT", str(tmp_path / "absent"))
+    with pytest.raises(DatasetError, match="IADLIB_MVTEC_AD_ROOT"):
+        get_dataset("mvtec_ad", category="bottle")
+
+
 def test_mvtec_resize_masks_nearest_and_color(tmp_path):
     make_mvtec(tmp_path)
     ds = get_dataset("mvtec_ad", root=tmp_path, category="bottle", image_size=(12, 16), color="rgb")

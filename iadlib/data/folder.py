@@ -38,7 +38,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_data_root(name: str) -> Path:
-    """``$IADLIB_DATA/<name>`` when the variable is set, else ``<repo>/.cache/data/<name>``."""
+    """Where dataset ``name`` is looked for when no ``root`` is given.
+
+    ``$IADLIB_<NAME>_ROOT`` (e.g. ``IADLIB_MVTEC_AD_ROOT``) when set, else ``$IADLIB_DATA/<name>``,
+    else ``<repo>/.cache/data/<name>``.
+    """
+    own = os.environ.get(f"IADLIB_{name.upper()}_ROOT")
+    if own:
+        return Path(own)
     base = os.environ.get("IADLIB_DATA")
     return (Path(base) if base else REPO_ROOT / ".cache" / "data") / name
 

@@ -77,7 +77,7 @@ def resolve_category_dir(
             f"{base}: {name} root folder not found. Download the dataset from "
             f"{_SOURCES.get(name, 'its site')}, "
             f"extract it so that {base}/<category>/train/good exists, and pass root=... "
-            "(or set IADLIB_DATA to the folder holding it)"
+            f"(or set IADLIB_{name.upper()}_ROOT)"
         )
     cat_dir = base / category
     if not cat_dir.is_dir() and (base / "train").is_dir() and base.name == category:
