@@ -135,15 +135,17 @@ def run(
     store = ResultStore(results_dir)
     datasets, chosen, notes = plan(profile, methods)
     rows = []
-    from tqdm.auto import tqdm
-
     jobs = [(d, dc, m, mc) for d, dc in datasets for m, mc in chosen.items()]
-    for ds_name, ds_cfg, method, cfg in tqdm(jobs, desc="chapter 3 grid"):
+    for i, (ds_name, ds_cfg, method, cfg) in enumerate(jobs, 1):
         rec = run_experiment(
             CHAPTER, method, ds_name, cfg, ds_cfg, profile=profile, seed=seed, device=device,
             paper="MIAD (Bao et al. 2022)", table="per-category AUROC", store=store, force=force,
             backbone=cfg.get("backbone", "efficientnet_lite0") if method not in ("draem", "unet_ae") else "none",
         )
+        ex = rec["extra"]
+        print(f"[{i}/{len(jobs)}] {LABELS[method]:<10} {ds_name}/{ds_cfg.get('category')}: image AUROC "
+              f"{rec['metrics']['image_auroc']:.3f} · fit {ex['fit_seconds']:.0f} s · "
+              f"{ex['predict_ms_per_image']:.0f} ms/img", flush=True)
         for metric, value in rec["metrics"].items():
             rows.append({
                 "method": LABELS[method],

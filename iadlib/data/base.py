@@ -237,7 +237,7 @@ def read_image(path: str | Path, mode: str | None = None) -> np.ndarray:
                 im = im.convert(mode)
             elif im.mode not in ("L", "RGB"):
                 im = im.convert("RGB" if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr", "PA") else "L")
-            arr = np.asarray(im)
+            arr = np.array(im)  # a writable copy (torch.from_numpy warns on read-only arrays)
     except DatasetError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
