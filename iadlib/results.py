@@ -143,7 +143,7 @@ def load_reported(name: str | None = None) -> pd.DataFrame:
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"reported numbers file {f} not found")
-        df = pd.read_csv(f, comment="#")
+        df = pd.read_csv(f, comment="#", dtype={"table": str, "category": str})
         df["file"] = f.name
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -33,7 +33,8 @@ def images_to_tensor(images: Sequence[np.ndarray], size: int | tuple[int, int] |
     """uint8 images (grey or RGB) → float ``[N,3,S,S]`` in [0, 1], resized with antialiased bilinear."""
     out = []
     for im in images:
-        t = torch.from_numpy(np.ascontiguousarray(im))
+        im = np.ascontiguousarray(im)
+        t = torch.from_numpy(im if im.flags.writeable else im.copy())
         t = t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
         out.append(t)
     shapes = {tuple(t.shape) for t in out}
