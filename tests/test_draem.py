@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from iadlib.data import Split
-from iadlib.errors import ConfigError
+from iadlib.errors import ConfigError, DatasetError
 from iadlib.losses import focal_loss
 from iadlib.metrics import image_auroc, pixel_auroc
 from iadlib.models import get_model, load_model
@@ -216,3 +216,9 @@ def test_detects_texture_defects():
     auroc = image_auroc(test.labels, scores)
     assert auroc > 0.8, auroc
     assert pixel_auroc(np.stack(test.masks()), maps) > 0.8
+
+
+def test_needs_two_training_images():
+    m = get_model("draem", image_size=32, width=2, epochs=1, device="cpu")
+    with pytest.raises(DatasetError, match="at least 2"):
+        m.fit(np.zeros((1, 32, 32), np.uint8))

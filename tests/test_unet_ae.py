@@ -10,7 +10,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from iadlib.data import Split
-from iadlib.errors import ConfigError
+from iadlib.errors import ConfigError, DatasetError
 from iadlib.losses import ssim, ssim_loss, ssim_map
 from iadlib.metrics import image_auroc
 from iadlib.models import get_model, load_model
@@ -146,3 +146,9 @@ def test_detects_texture_defects():
     scores, _ = m.fit(train).predict(test)
     auroc = image_auroc(test.labels, scores)
     assert auroc > 0.8, auroc
+
+
+def test_needs_two_training_images():
+    m = get_model("unet_ae", image_size=32, width=2, depth=3, epochs=1, device="cpu")
+    with pytest.raises(DatasetError, match="at least 2"):
+        m.fit(np.zeros((1, 32, 32), np.uint8))

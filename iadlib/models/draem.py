@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..losses import focal_loss, ssim_loss
 from ..perlin import DEFAULT_TEXTURES, TextureBank, rotate_batch, synthesize_anomalies
 from . import register_model
@@ -232,6 +232,8 @@ class DRAEM(Detector):
         # normal images resized once, kept as uint8 [N,3,S,S]
         data = (images_to_tensor(images, self.image_size) * 255).round_().to(torch.uint8)
         n = len(data)
+        if n < 2:
+            raise DatasetError(f"draem: got {n} training image; BatchNorm training needs at least 2")
         self.reconstructive.apply(_init_weights)
         self.discriminative.apply(_init_weights)
         params = list(self.reconstructive.parameters()) + list(self.discriminative.parameters())

@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.base import as_image_list
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..losses import ssim
 from . import register_model
 from .base import Detector, check_loss, gaussian_blur, images_to_tensor
@@ -198,6 +198,8 @@ class UNetAE(Detector):
         cfg = self.config
         data = (images_to_tensor(images, self.image_size) * 255).round_().to(torch.uint8)
         n = len(data)
+        if n < 2:
+            raise DatasetError(f"unet_ae: got {n} training image; BatchNorm training needs at least 2")
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         gen = torch.Generator().manual_seed(self.seed)
         bs = min(self.batch_size, n)
