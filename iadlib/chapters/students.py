@@ -92,9 +92,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             "max_test": 16,
         },
         "tables": {
-            "datasets": [("fashion_mnist", {"n_train": 150, "n_test": 400}), ("digits", {"n_test": 400})],
-            "classes": list(range(10)), "variants": ["students k+c", "students k"],
-            "baselines": list(BASELINES), "n_students": 3, "epochs": 8, "ae_epochs": 100,
+            "datasets": [("fashion_mnist", {"n_train": 100, "n_test": 300}), ("digits", {"n_test": 300})],
+            "classes": list(range(10)), "variants": ["students k+c"],
+            "baselines": list(BASELINES), "n_students": 3, "epochs": 5, "ae_epochs": 30,
         },
     },
     "full": {
