@@ -31,6 +31,13 @@ Choices the thesis leaves open, each with its reason:
   We therefore split the training images into two halves A, B, fit PatchCore on each, compute
   the differences of A's images against B's bank and vice versa, and score test images against
   A's bank — so a normal test image meets exactly the situation of a training image.
+* **Fakes made at the members' cuts.** Gaussian noise added to ``|m_test − m*|`` is symmetric,
+  but an anomaly only makes the difference larger, so a discriminator trained that way learns
+  "small difference = fake" and ranks anomalies *below* normal patches (measured: AUROC < 0.5 on
+  the PatchCore block alone). The fakes are therefore made before each member's non-linearity —
+  ``q + ε₁`` for SimpleNet (exactly its generator) and ``|(m_test − m*) + ε₂|`` for PatchCore (a
+  patch displaced by noise, its neighbour held) — with ``ε_k ~ N(0, (noise_std · s_k)² I)``, ``s_k``
+  the member's mean training channel std, and then go through the same transformation block.
 * **The projection after the PCA.** The PCA is fitted once; the trainable projection acts on the
   PatchCore block's PCA coefficients (a linear map after a linear PCA, equal to a projection of
   the differences restricted to the kept subspace), so the PCA never goes stale while it trains.
