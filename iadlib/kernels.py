@@ -92,6 +92,8 @@ def greedy_coreset(
     start: int = 0,
     refresh: int = 16,
     progress: bool = False,
+    dense_fraction: float = 0.25,
+    stats: list[int] | None = None,
 ) -> torch.Tensor:
     """Greedy k-center coreset (PatchCore, Roth et al. 2022, Alg. 1), exact, with triangle-inequality pruning.
 
@@ -102,6 +104,9 @@ def greedy_coreset(
     closer if ``d(o,c) < 2·d(x,o)`` (triangle inequality), so whole groups whose radius is below
     ``d(o,c)/2`` are never touched. Per step the work is one ``[k]`` centre-distance vector plus the
     rows that can actually change — the selection becomes memory-light as the radius shrinks.
+    While more than ``dense_fraction`` of the points may move, a single dense matrix-vector pass is
+    used instead (never slower than the plain loop). ``stats``, if given, receives the number of
+    candidate points of every step.
     """
     N = x.shape[0]
     if not 1 <= n <= N:
@@ -134,8 +139,17 @@ def greedy_coreset(
         grp = dc < 2 * radius[:k]
         cand = grp[owner]
         cand &= dc[owner] < 2 * min_d
-        idx = cand.nonzero().squeeze(1)
-        if idx.numel():
+        n_cand = int(cand.sum())
+        if n_cand > dense_fraction * N:
+            # most points may move: one dense pass (matrix-vector product) is cheaper than gathering
+            d = (sq - 2 * (x @ c) + sq[cur]).clamp_(min=0).sqrt_()
+            closer = d < min_d
+            min_d = torch.where(closer, d, min_d)
+            owner[closer] = k
+            if closer.any():
+                radius[k] = d[closer].max()
+        elif n_cand:
+            idx = cand.nonzero().squeeze(1)
             xi = x.index_select(0, idx)
             d = (sq[idx] - 2 * (xi @ c) + sq[cur]).clamp_(min=0).sqrt_()
             closer = d < min_d[idx]
@@ -144,6 +158,8 @@ def greedy_coreset(
             owner[idx] = k
             if idx.numel():
                 radius[k] = d[closer].max()
+        if stats is not None:
+            stats.append(n_cand)
         min_d[cur] = 0.0
         owner[cur] = k
         if k % refresh == 0:
