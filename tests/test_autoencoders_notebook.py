@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,9 @@ def test_notebook_smoke_profile(tmp_path):
     res = tmp_path / "results"
     cmd = [sys.executable, "-m", "papermill", "-k", "python3", str(NOTEBOOK), str(out),
            "-p", "profile", "smoke", "-p", "results_dir", str(res)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # one thread: on a small shared CI machine two OpenMP threads per process oversubscribe the cores
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     nb = json.loads(out.read_text())
     text = "\n".join(
