@@ -93,20 +93,26 @@ def greedy_coreset(
     refresh: int = 16,
     progress: bool = False,
     dense_fraction: float = 0.25,
+    bound_dim: int = 16,
     stats: list[int] | None = None,
 ) -> torch.Tensor:
-    """Greedy k-center coreset (PatchCore, Roth et al. 2022, Alg. 1), exact, with triangle-inequality pruning.
+    """Greedy k-center coreset (PatchCore, Roth et al. 2022, Alg. 1), exact, with pruning.
 
     Selects ``n`` row indices of ``x [N,D]``: start at ``start``, then repeatedly add the point
-    farthest from the selected set. This returns *the same* selection as the plain algorithm
-    (:func:`greedy_coreset_reference`) but skips most distance computations: every point keeps
-    its nearest selected centre ``o`` and distance ``d(x,o)``; a new centre ``c`` can only come
-    closer if ``d(o,c) < 2·d(x,o)`` (triangle inequality), so whole groups whose radius is below
-    ``d(o,c)/2`` are never touched. Per step the work is one ``[k]`` centre-distance vector plus the
-    rows that can actually change — the selection becomes memory-light as the radius shrinks.
-    While more than ``dense_fraction`` of the points may move, a single dense matrix-vector pass is
-    used instead (never slower than the plain loop). ``stats``, if given, receives the number of
-    candidate points of every step.
+    farthest from the selected set. Returns *the same* selection as the plain algorithm
+    (:func:`greedy_coreset_reference`) while skipping most of its ``n × N × D`` work, with two exact
+    lower bounds on the distance ``d(x, c)`` to a new centre ``c``:
+
+    1. Triangle inequality: every point keeps its nearest centre ``o`` and ``d(x, o)``; ``c`` can
+       only come closer if ``d(o, c) < 2·d(x, o)``, so groups whose radius is below ``d(o, c)/2``
+       are never touched.
+    2. Orthogonal projection: with ``P`` the top ``bound_dim`` principal directions (orthonormal
+       rows), ``‖P(x − c)‖ ≤ ‖x − c‖``; the cheap ``bound_dim``-dimensional distance discards most
+       remaining points before the full ``D``-dimensional one is computed.
+
+    While more than ``dense_fraction`` of the points pass test 1, the bound of test 2 is computed
+    densely for all points (one small matrix-vector product) instead of gathering. ``stats``, if
+    given, receives per step the number of points whose full distance was computed.
     """
     N = x.shape[0]
     if not 1 <= n <= N:
@@ -114,9 +120,17 @@ def greedy_coreset(
     dev = x.device
     x = x.contiguous()
     sq = (x * x).sum(1)
+    # orthonormal projection for the lower bound (principal directions of a subsample)
+    m = min(bound_dim, x.shape[1])
+    g = torch.Generator().manual_seed(0)
+    sub = x[torch.randperm(N, generator=g)[: min(N, 20000)].to(dev)]
+    sub = sub - sub.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(sub, full_matrices=False)
+    P = vh[:m].contiguous()  # [m, D], orthonormal rows
+    y = x @ P.T
+    ysq = (y * y).sum(1)
     centers = torch.empty(n, x.shape[1], dtype=x.dtype, device=dev)
     sel = torch.empty(n, dtype=torch.long, device=dev)
-    # first centre: everything is owned by it
     sel[0] = start
     centers[0] = x[start]
     min_d = (sq - 2 * (x @ x[start]) + sq[start]).clamp_(min=0).sqrt_()
@@ -131,35 +145,34 @@ def greedy_coreset(
     for k in it:
         cur = int(min_d.argmax())
         sel[k] = cur
-        c = x[cur]
+        c, yc = x[cur], y[cur]
         centers[k] = c
-        # distances from the new centre to all earlier centres
-        dc = (centers[:k] - c).pow_(2).sum(1).sqrt_()
-        # groups that may lose points: d(o, c) < 2·radius(o)
+        dc = (centers[:k] - c).pow_(2).sum(1).sqrt_()  # new centre to all earlier centres
         grp = dc < 2 * radius[:k]
         cand = grp[owner]
         cand &= dc[owner] < 2 * min_d
         n_cand = int(cand.sum())
         if n_cand > dense_fraction * N:
-            # most points may move: one dense pass (matrix-vector product) is cheaper than gathering
-            d = (sq - 2 * (x @ c) + sq[cur]).clamp_(min=0).sqrt_()
-            closer = d < min_d
-            min_d = torch.where(closer, d, min_d)
-            owner[closer] = k
-            if closer.any():
-                radius[k] = d[closer].max()
+            lb = (ysq - 2 * (y @ yc) + ysq[cur]).clamp_(min=0).sqrt_()
+            idx = ((lb < min_d) & cand).nonzero().squeeze(1)
         elif n_cand:
             idx = cand.nonzero().squeeze(1)
+            yi = y.index_select(0, idx)
+            lb = (ysq[idx] - 2 * (yi @ yc) + ysq[cur]).clamp_(min=0).sqrt_()
+            idx = idx[lb < min_d[idx]]
+        else:
+            idx = cand.nonzero().squeeze(1)
+        if stats is not None:
+            stats.append(int(idx.numel()))
+        if idx.numel():
             xi = x.index_select(0, idx)
             d = (sq[idx] - 2 * (xi @ c) + sq[cur]).clamp_(min=0).sqrt_()
             closer = d < min_d[idx]
             idx = idx[closer]
-            min_d[idx] = d[closer]
-            owner[idx] = k
             if idx.numel():
+                min_d[idx] = d[closer]
+                owner[idx] = k
                 radius[k] = d[closer].max()
-        if stats is not None:
-            stats.append(n_cand)
         min_d[cur] = 0.0
         owner[cur] = k
         if k % refresh == 0:
