@@ -160,6 +160,7 @@ def run_figure1(
         width=width, epochs=prof["epochs"], lr=prof["lr"], distill=dict(distill),
         batch_size=1 if prof["image_size"] > 128 else 4,
     )
+    keys: list[str] = []
     for name, ds_cfg in prof["datasets"]:
         base = {
             "protocol": "figure1", "paper": PAPER, "table": "Figure 1", "method": "students",
@@ -168,6 +169,7 @@ def run_figure1(
             "max_test": prof["max_test"], "profile": profile, "seed": seed, "device": dev.type,
         }
         scales = [str(p) for p in prof["patch_sizes"]] + ["multi"]
+        keys += [experiment_key({**base, "scale": s}) for s in scales]
         if not force and all(store.has(CHAPTER, {**base, "scale": s}) for s in scales):
             continue
         try:
@@ -207,7 +209,7 @@ def run_figure1(
                 "figure_npz": str(npz), "history": {k: list(map(float, v)) for k, v in model.history.items()},
             }
             store.put(CHAPTER, {**base, "scale": s}, metrics, extra, device=device)
-    return figure1_frame(results_dir, profile)
+    return figure1_frame(results_dir, profile, keys)
 
 
 def _pick_examples(labels: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
@@ -220,13 +222,19 @@ def _pick_examples(labels: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray
     return np.array(out, dtype=int)
 
 
-def figure1_frame(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:
+def figure1_frame(
+    results_dir: str | Path | None = None, profile: str | None = None, keys: list[str] | None = None
+) -> pd.DataFrame:
+    """Figure-1 records (of ``profile``; only the experiments ``keys`` when given, so records of an
+    older grid in the same store do not mix in)."""
     df = ResultStore(results_dir).frame(CHAPTER)
     if df.empty or "protocol" not in df:
         return pd.DataFrame(columns=["dataset", "category", "scale", "metric", "value"])
     df = df[df["protocol"] == "figure1"]
     if profile is not None:
         df = df[df["profile"] == profile]
+    if keys is not None:
+        df = df[df["key"].isin(keys)]
     return df.reset_index(drop=True)
 
 
@@ -259,6 +267,7 @@ def run_tables(
     base_variant = "students k+c"
     jobs = [(name, cfg, c) for name, cfg in prof["datasets"] for c in prof["classes"]]
     missing: set[str] = set()
+    keys: list[str] = []
     for name, ds_cfg, cls in tqdm(jobs, desc="Tables 2/3", disable=not verbose):
         if name in missing:
             continue
@@ -277,6 +286,7 @@ def run_tables(
                 "ae_epochs": prof["ae_epochs"]}  # fmt: skip
             for b in prof["baselines"]
         }
+        keys += [experiment_key(prm) for prm in {**stud_params, **base_params}.values()]
         todo = [k for k, prm in {**stud_params, **base_params}.items() if force or not store.has(CHAPTER, prm)]
         if not todo:
             continue
@@ -324,16 +334,21 @@ def run_tables(
                 store.put(CHAPTER, base_params[b], {"image_auroc": image_auroc(labels, s)},
                           {"fit_seconds": time.perf_counter() - t0, "n_train": len(x_tr), "n_test": len(x_te)},
                           device=device)  # fmt: skip
-    return tables_frame(results_dir, profile)
+    return tables_frame(results_dir, profile, keys)
 
 
-def tables_frame(results_dir: str | Path | None = None, profile: str | None = None) -> pd.DataFrame:
+def tables_frame(
+    results_dir: str | Path | None = None, profile: str | None = None, keys: list[str] | None = None
+) -> pd.DataFrame:
+    """Tables 2/3 records (of ``profile``; only the experiments ``keys`` when given)."""
     df = ResultStore(results_dir).frame(CHAPTER)
     if df.empty or "protocol" not in df:
         return pd.DataFrame(columns=["dataset", "category", "method", "metric", "value"])
     df = df[df["protocol"] == "tables"]
     if profile is not None:
         df = df[df["profile"] == profile]
+    if keys is not None:
+        df = df[df["key"].isin(keys)]
     return df.reset_index(drop=True)
 
 
