@@ -480,7 +480,7 @@ def distillation_history(fig1: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for k, vals in hist.items():
         m = re.fullmatch(r"teacher_p(\d+)_(L_[kmc])", k)
-        if m:
+        if m and any(vals):  # a switched-off term (λ = 0) is logged as zeros: leave it out
             rows += [{"teacher": f"p = {m[1]}", "term": m[2], "step": i, "value": v} for i, v in enumerate(vals)]
     return pd.DataFrame(rows)
 
