@@ -146,3 +146,25 @@ def test_background_removal_keeps_the_object_and_blackens_the_rest():
     assert keep.sum() == 20 * 16
     with pytest.raises(ConfigError):
         remove_background(img, -1)
+
+
+@pytest.mark.slow
+def test_notebook_smoke(tmp_path):
+    """The chapter notebook runs end to end on the smoke profile (papermill, one OpenMP thread)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "05.out.ipynb"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "papermill", "-k", "python3", str(root / "notebooks/05_loco_ensemble.ipynb"),
+           str(out), "-p", "profile", "smoke", "-p", "results_dir", str(tmp_path / "results")]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    nb = json.loads(out.read_text())
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    assert any((tmp_path / "results" / "05_loco").glob("*.json"))
