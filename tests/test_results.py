@@ -39,23 +39,23 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 def test_run_experiment_records_and_reuses(tmp_path):
     rng = np.random.default_rng(0)
-    base = rng.integers(90, 110, (16, 32, 32), dtype=np.uint8)
+    base = rng.integers(90, 110, (16, 64, 64), dtype=np.uint8)
     test = base[:8].copy()
-    masks = np.zeros((8, 32, 32), bool)
-    test[4:, 10:18, 10:18] = 255
-    masks[4:, 10:18, 10:18] = True
+    masks = np.zeros((8, 64, 64), bool)
+    test[4:, 20:44, 20:44] = 255
+    masks[4:, 20:44, 20:44] = True
     labels = np.r_[np.zeros(4, int), np.ones(4, int)]
     from iadlib.data.base import ADDataset
 
     ds = ADDataset("toy", "c", Split.from_arrays(base[8:]), Split.from_arrays(test, labels, masks))
     store = ResultStore(tmp_path)
-    cfg = {"image_size": 32, "coreset_ratio": 1.0}
+    cfg = {"image_size": 64, "coreset_ratio": 1.0}
     rec = run_experiment("t", "patchcore", ds, cfg, store=store, device="cpu")
     m = rec["metrics"]
-    assert m["image_auroc"] == 1.0 and m["pixel_auroc"] > 0.9 and 0 < m["au_pro"] <= 1
+    assert m["image_auroc"] == 1.0 and m["pixel_auroc"] > 0.8 and 0 < m["au_pro"] <= 1
     assert rec["extra"]["n_train"] == 8 and rec["extra"]["predict_ms_per_image"] > 0
     with np.load(rec["extra"]["predictions"]) as z:
-        assert z["scores"].shape == (8,) and z["example_maps"].shape[1:] == (32, 32)
+        assert z["scores"].shape == (8,) and z["example_maps"].shape[1:] == (64, 64)
     again = run_experiment("t", "patchcore", ds, cfg, store=store, device="cpu")
     assert again["provenance"]["timestamp"] == rec["provenance"]["timestamp"]  # reused, not rerun
     assert json.loads((tmp_path / "t" / f"{rec['key']}.json").read_text())["key"] == rec["key"]

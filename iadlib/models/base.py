@@ -96,7 +96,7 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def check_loss(loss: torch.Tensor | float, step: int | str, model: str = "") -> float:
     """Return ``float(loss)``; raise :class:`TrainingError` naming the step if it is NaN or inf."""
-    val = float(loss)
+    val = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
     if not math.isfinite(val):
         raise TrainingError(
             f"{model or 'training'} diverged: loss is {val} at step {step}; "

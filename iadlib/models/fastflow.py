@@ -158,14 +158,6 @@ def likelihood_maps(zs: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.
     return -torch.cat(maps, dim=1).mean(1)
 
 
-def _load_backbone(name: str, layers: tuple[int, ...], device: torch.device, weights: str | None) -> Any:
-    """``load_backbone`` with a :class:`ConfigError` (not timm's IndexError) for stages it lacks."""
-    try:
-        return load_backbone(name, layers, device, weights=weights)
-    except (IndexError, AssertionError) as exc:
-        raise ConfigError(f"{name}: layers={layers} names a stage the backbone lacks ({exc})") from exc
-
-
 @register_model("fastflow")
 class FastFlow(Detector):
     """FastFlow detector (see the module docstring for the equations)."""
@@ -216,7 +208,7 @@ class FastFlow(Detector):
             cache_features=cache_features,
             verbose=verbose,
         )
-        self.backbone = _load_backbone(backbone, layers, self.device, weights)
+        self.backbone = load_backbone(backbone, layers, self.device, weights=weights)
         self.backbone.to(memory_format=torch.channels_last)
         with torch.no_grad():
             probe = self.backbone(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))

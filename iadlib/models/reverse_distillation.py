@@ -194,14 +194,6 @@ def rd_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], mo
     )
 
 
-def _load_backbone(name: str, layers: tuple[int, ...], device: torch.device, weights: str | None) -> Any:
-    """``load_backbone`` with a :class:`ConfigError` (not timm's IndexError) for stages it lacks."""
-    try:
-        return load_backbone(name, layers, device, weights=weights)
-    except (IndexError, AssertionError) as exc:
-        raise ConfigError(f"{name}: layers={layers} names a stage the backbone lacks ({exc})") from exc
-
-
 @register_model("reverse_distillation")
 class ReverseDistillation(Detector):
     """Reverse Distillation detector (see the module docstring for the equations)."""
@@ -258,7 +250,7 @@ class ReverseDistillation(Detector):
             verbose=verbose,
         )
         self.sigma = 4.0 * self.image_size / 256 if sigma is None else float(sigma)
-        self.encoder = _load_backbone(backbone, layers, self.device, weights)
+        self.encoder = load_backbone(backbone, layers, self.device, weights=weights)
         self.encoder.to(memory_format=torch.channels_last)
         with torch.no_grad():
             probe = self.encoder(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))

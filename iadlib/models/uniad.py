@@ -207,14 +207,6 @@ def merge_training_sets(train: Any) -> list[np.ndarray]:
     return images
 
 
-def _load_backbone(name: str, layers: tuple[int, ...], device: torch.device, weights: str | None) -> Any:
-    """``load_backbone`` with a :class:`ConfigError` (not timm's IndexError) for stages it lacks."""
-    try:
-        return load_backbone(name, layers, device, weights=weights)
-    except (IndexError, AssertionError) as exc:
-        raise ConfigError(f"{name}: layers={layers} names a stage the backbone lacks ({exc})") from exc
-
-
 @register_model("uniad")
 class UniAD(Detector):
     """UniAD detector (see the module docstring for the equations)."""
@@ -258,7 +250,7 @@ class UniAD(Detector):
         layers = tuple(int(i) for i in layers)
         if not layers or list(layers) != sorted(set(layers)):
             raise ConfigError(f"uniad: layers must be increasing stage indices, got {layers}")
-        self.backbone = _load_backbone(backbone, layers, self.device, weights)
+        self.backbone = load_backbone(backbone, layers, self.device, weights=weights)
         self.backbone.to(memory_format=torch.channels_last)
         with torch.no_grad():
             probe = self.backbone(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
