@@ -119,7 +119,9 @@ class ResultStore:
         folders = [self.root / chapter] if chapter else sorted(p for p in self.root.glob("*") if p.is_dir())
         for folder in folders:
             for f in sorted(folder.glob("*.json")):
-                yield json.loads(f.read_text())
+                doc = json.loads(f.read_text())
+                if isinstance(doc, dict) and "chapter" in doc and "metrics" in doc:  # skip benchmark files
+                    yield doc
 
     def frame(self, chapter: str | None = None) -> pd.DataFrame:
         """Long table: one row per (experiment, metric) with parameters, extra and provenance flattened."""
