@@ -65,6 +65,10 @@ def execute_notebook(
     status, error = "ok", None
     with atomic_path(target) as tmp:
         tmp_nb = tmp.with_suffix(".ipynb")
+        saved_backend = os.environ.get("MPLBACKEND")
+        # the kernel must draw figures inline: a non-interactive MPLBACKEND (e.g. Agg set by CI)
+        # would make plt.show() display nothing and the book would lose its figures
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
         try:
             pm.execute_notebook(
                 str(src),
@@ -85,6 +89,10 @@ def execute_notebook(
                 shutil.move(tmp_nb, failed)
             raise_later = exc
         finally:
+            if saved_backend is None:
+                os.environ.pop("MPLBACKEND", None)
+            else:
+                os.environ["MPLBACKEND"] = saved_backend
             if tmp_nb.exists():
                 tmp_nb.unlink()
         if status == "failed":
