@@ -14,7 +14,7 @@ Subclasses implement ``_fit(images)``, ``_predict(images) -> (scores, low-res ma
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,6 +64,31 @@ def iter_batches(
     """Yield float batches ``[B,3,S,S]`` in [0, 1] on ``device``."""
     for i in range(0, len(images), batch_size):
         yield images_to_tensor(images[i : i + batch_size], size).to(device, non_blocking=True)
+
+
+def feature_batches(
+    images: Sequence[np.ndarray],
+    extract: Callable[[torch.Tensor], list[torch.Tensor]],
+    cache: list[torch.Tensor] | None,
+    batch_size: int,
+    size: int | tuple[int, int] | None,
+    device: torch.device,
+    gen: torch.Generator,
+) -> Iterator[list[torch.Tensor]]:
+    """One epoch of shuffled batches of frozen-backbone features.
+
+    Taken from ``cache`` (per-stage feature tensors of all training images) when the features were
+    cached, else computed on the fly with ``extract`` from image batches in the same shuffled order.
+    """
+    perm = torch.randperm(len(images), generator=gen)
+    if cache is not None:
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i : i + batch_size].to(cache[0].device)
+            yield [f[idx] for f in cache]
+    else:
+        order = [images[int(j)] for j in perm]
+        for x in iter_batches(order, batch_size, size, device):
+            yield extract(x)
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..backbones import load_backbone
 from ..errors import ConfigError
 from . import register_model
-from .base import Detector, check_loss, iter_batches
+from .base import Detector, check_loss, feature_batches, iter_batches
 
 #: Cache the backbone features of the training set when they take at most this many bytes.
 CACHE_LIMIT_BYTES = 2 * 2**30
@@ -224,16 +224,10 @@ class FastFlow(Detector):
         return [f.contiguous() for f in self.backbone(x.contiguous(memory_format=torch.channels_last))]
 
     def _train_batches(self, images: list[np.ndarray], gen: torch.Generator) -> Iterator[list[torch.Tensor]]:
-        perm = torch.randperm(len(images), generator=gen)
-        bs = self.batch_size
-        if self._cache is not None:
-            for i in range(0, len(perm), bs):
-                idx = perm[i : i + bs].to(self._cache[0].device)
-                yield [f[idx] for f in self._cache]
-        else:
-            order = [images[int(j)] for j in perm]
-            for x in iter_batches(order, bs, self.image_size, self.device):
-                yield self._features(x)
+        """One epoch of shuffled frozen-feature batches (from the cache when it exists)."""
+        return feature_batches(
+            images, self._features, self._cache, self.batch_size, self.image_size, self.device, gen
+        )
 
     def _fit(self, images: list[np.ndarray]) -> None:
         cfg = self.config

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from ..backbones import load_backbone
 from ..errors import ConfigError, TrainingError
 from . import register_model
-from .base import Detector, check_loss, gaussian_blur, iter_batches
+from .base import Detector, check_loss, feature_batches, gaussian_blur, iter_batches
 
 #: Cache the teacher features of the training set when they take at most this many bytes.
 CACHE_LIMIT_BYTES = 2 * 2**30
@@ -272,17 +272,10 @@ class ReverseDistillation(Detector):
         return [f.contiguous() for f in self.encoder(x.contiguous(memory_format=torch.channels_last))]
 
     def _train_batches(self, images: list[np.ndarray], gen: torch.Generator) -> Iterator[list[torch.Tensor]]:
-        """One epoch of shuffled teacher-feature batches (from the cache when it exists)."""
-        perm = torch.randperm(len(images), generator=gen)
-        bs = self.batch_size
-        if self._cache is not None:
-            for i in range(0, len(perm), bs):
-                idx = perm[i : i + bs].to(self._cache[0].device)
-                yield [f[idx] for f in self._cache]
-        else:
-            order = [images[int(j)] for j in perm]
-            for x in iter_batches(order, bs, self.image_size, self.device):
-                yield self._teacher(x)
+        """One epoch of shuffled frozen-feature batches (from the cache when it exists)."""
+        return feature_batches(
+            images, self._teacher, self._cache, self.batch_size, self.image_size, self.device, gen
+        )
 
     def _fit(self, images: list[np.ndarray]) -> None:
         cfg = self.config
