@@ -8,15 +8,16 @@ A :class:`Sample` has ``.image`` (uint8 ``H×W`` or ``H×W×3``), ``.label`` (0 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 
 #: Largest image (in pixels) we agree to decode: a guard against decompression bombs.
 MAX_PIXELS = 64_000_000
@@ -209,47 +210,138 @@ def as_image_list(data: Any) -> list[np.ndarray]:
     return [check_image(im, f"image {i}") for i, im in enumerate(imgs)]
 
 
-def read_image(path: str | Path, mode: str | None = None) -> np.ndarray:
-    """Decode an image file to uint8 ``H×W`` (grey) or ``H×W×3`` (colour).
+#: Modes PIL converts to RGB (colour, palette, alpha, print and perceptual spaces); the rest go to L.
+_TO_RGB = ("P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+_TO_GREY = ("1", "LA", "La")
 
-    16-bit images are scaled to 8 bits, palette and alpha images converted to RGB. Any problem
-    (missing, truncated, not an image, too large) raises :class:`DatasetError` naming the file.
+
+def _open_pixels(path: Path, max_pixels: int | None) -> Image.Image:
+    """Open ``path`` with the size guards, decode its pixels and return the loaded PIL image.
+
+    Every failure (not an image, truncated, zero-size, larger than ``max_pixels`` or than PIL's
+    decompression-bomb limit, a decoder bug) becomes a :class:`DatasetError` naming the file.
     """
-    path = Path(path)
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise DatasetError(
-                    f"{path}: {im.width}×{im.height} pixels exceeds the limit of {MAX_PIXELS} "
-                    "(iadlib.data.base.MAX_PIXELS); resize the image or raise the limit"
-                )
-            if im.width == 0 or im.height == 0:
-                raise DatasetError(f"{path}: zero-size image")
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-                arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                return arr if mode != "RGB" else np.repeat(arr[:, :, None], 3, axis=2)
-            if mode is not None:
-                im = im.convert(mode)
-            elif im.mode not in ("L", "RGB"):
-                im = im.convert("RGB" if im.mode in ("P", "RGBA", "LA", "CMYK", "YCbCr", "PA") else "L")
-            arr = np.array(im)  # a writable copy (torch.from_numpy warns on read-only arrays)
+        with warnings.catch_warnings():
+            # PIL only *warns* between MAX_IMAGE_PIXELS and twice that: make it an error too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            try:
+                w, h = im.size
+                if w <= 0 or h <= 0:
+                    raise DatasetError(f"{path}: zero-size image ({w}×{h} pixels)")
+                if w * h > limit:
+                    raise DatasetError(
+                        f"{path}: {w}×{h} = {w * h} pixels exceeds the limit of {limit} pixels "
+                        "(a guard against decompression bombs: iadlib.data.base.MAX_PIXELS or "
+                        "read_image(max_pixels=...)); resize the image or raise the limit"
+                    )
+                im.load()
+            except BaseException:
+                im.close()
+                raise
     except DatasetError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DatasetError(
+            f"{path}: image too large to decode safely ({exc}); resize it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS and iadlib.data.base.MAX_PIXELS"
+        ) from exc
+    except MemoryError as exc:
+        raise DatasetError(f"{path}: not enough memory to decode the image") from exc
+    except Exception as exc:  # any decoder failure (OSError, SyntaxError, struct.error, EOFError, ...)
         raise DatasetError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    return im
+
+
+def _wide_to_uint8(im: Image.Image, path: Path) -> np.ndarray:
+    """16/32-bit integer and float grey images → uint8 (16-bit: ``v / 65535 · 255``).
+
+    ``I`` images whose values fit 0..255 are kept, those up to 65535 are read as 16-bit, wider ones
+    are scaled by their maximum; float images in [0, 1] are scaled by 255, others by their maximum.
+    """
+    arr = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise DatasetError(f"{path}: image holds NaN or inf values (mode {im.mode})")
+    top = float(arr.max()) if arr.size else 0.0
+    if im.mode.startswith("I;16"):
+        hi = 65535.0
+    elif im.mode == "F" and top <= 1.0:
+        hi = 1.0
+    elif im.mode == "I" and top <= 255.0:
+        hi = 255.0
+    elif im.mode == "I" and top <= 65535.0:
+        hi = 65535.0
+    else:
+        hi = max(top, 1.0)
+    return np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | Path, mode: str | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file to uint8 ``H×W`` (grey) or ``H×W×3`` (colour).
+
+    ``mode``: ``None`` keeps grey images grey and makes everything else RGB; ``"L"`` or ``"RGB"``
+    force one. 16-bit images are scaled to 8 bits, palette, alpha and CMYK images converted to RGB
+    (grey+alpha to grey). Any problem (missing, truncated, not an image, zero-size, more than
+    ``max_pixels`` pixels, default :data:`MAX_PIXELS`) raises :class:`DatasetError` naming the file;
+    no other exception escapes and nothing is skipped silently.
+    """
+    if mode not in (None, "L", "RGB"):
+        raise ConfigError(f"read_image: mode must be None, 'L' or 'RGB', got {mode!r}")
+    path = Path(path)
+    im = _open_pixels(path, max_pixels)
+    try:
+        with im:
+            if im.mode.startswith("I") or im.mode == "F":
+                arr = _wide_to_uint8(im, path)
+                if mode == "RGB":
+                    arr = np.repeat(arr[:, :, None], 3, axis=2)
+            else:
+                target = mode or ("L" if im.mode in ("L", *_TO_GREY) else "RGB")
+                if im.mode != target:
+                    im = im.convert(target)
+                arr = np.array(im)  # a writable copy (torch.from_numpy warns on read-only arrays)
+    except DatasetError:
+        raise
+    except MemoryError as exc:
+        raise DatasetError(f"{path}: not enough memory to convert the image") from exc
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot convert image ({type(exc).__name__}: {exc})") from exc
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(check_image(arr, str(path)))
 
 
-def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a ground-truth mask as bool ``H×W`` (non-zero = defect); check its size against ``shape``."""
-    arr = read_image(path, mode="L")
-    if shape is not None and arr.shape != tuple(shape):
-        raise DatasetError(f"{path}: mask of size {arr.shape} does not match its image of size {tuple(shape)}")
-    return arr > 0
+def read_mask(path: str | Path, shape: tuple[int, ...] | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Read a ground-truth mask as bool ``H×W``; check its size against ``shape`` (``H×W`` or an image shape).
+
+    Label masks (every value below 128, e.g. 0/1 or class indices) mark every non-zero pixel;
+    8/16-bit grey masks (0/255, antialiased edges, JPEG noise) mark pixels of at least half scale
+    (≥ 128, or ≥ 32768 for 16-bit). Colour masks use their brightest channel.
+    """
+    path = Path(path)
+    im = _open_pixels(path, max_pixels)
+    try:
+        with im:
+            if im.mode.startswith("I") or im.mode == "F":
+                arr = np.asarray(im, dtype=np.float64)
+                if not np.isfinite(arr).all():
+                    raise DatasetError(f"{path}: mask holds NaN or inf values")
+                half = 32768.0 if float(arr.max()) > 255 else 128.0
+            else:
+                arr = np.array(im.convert("RGB" if im.mode in _TO_RGB else "L"))
+                if arr.ndim == 3:
+                    arr = arr.max(axis=2)
+                half = 128.0
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot convert mask ({type(exc).__name__}: {exc})") from exc
+    if shape is not None and arr.shape != tuple(shape)[:2]:
+        raise DatasetError(
+            f"{path}: mask of size {arr.shape} does not match its image of size {tuple(shape)[:2]}"
+        )
+    return arr > 0 if float(arr.max()) < half else arr >= half
