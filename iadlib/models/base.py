@@ -13,7 +13,10 @@ Subclasses implement ``_fit(images)``, ``_predict(images) -> (scores, low-res ma
 
 from __future__ import annotations
 
+import contextvars
+import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.base import as_image_list
-from ..errors import CheckpointError, DatasetError, TrainingError
+from ..errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from ..utils import resolve_device, seed_everything, torch_save_atomic
 
 FORMAT_VERSION = 1
@@ -119,15 +122,78 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def check_loss(loss: torch.Tensor | float, step: int | str, model: str = "") -> float:
-    """Return ``float(loss)``; raise :class:`TrainingError` naming the step if it is NaN or inf."""
+#: What :func:`check_loss` names when no checkpoint was written during the training that diverged.
+NO_CHECKPOINT = "none written"
+
+#: The detector whose ``_fit`` is running (set by :meth:`Detector.fit`), so that :func:`check_loss`
+#: can name its last good checkpoint without every model passing it along.
+_TRAINING: contextvars.ContextVar[Detector | None] = contextvars.ContextVar("iadlib_training", default=None)
+
+
+def check_loss(
+    loss: torch.Tensor | float,
+    step: int | str,
+    model: str = "",
+    last_good: str | os.PathLike | None = None,
+) -> float:
+    """Return ``float(loss)``; raise :class:`TrainingError` if it is NaN or inf.
+
+    The error names the step and the last good checkpoint: ``last_good`` when given, else the one
+    the detector being fitted wrote last (:meth:`Detector.checkpoint`), else ``"none written"``.
+    The exception carries them as ``.step`` and ``.last_good``.
+    """
     val = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
     if not math.isfinite(val):
-        raise TrainingError(
-            f"{model or 'training'} diverged: loss is {val} at step {step}; "
+        if last_good is None:
+            det = _TRAINING.get()
+            last_good = det._last_good if det is not None else NO_CHECKPOINT
+        last_good = str(last_good)
+        err = TrainingError(
+            f"{model or 'training'} diverged: loss is {val} at step {step}; last good checkpoint: {last_good}; "
             "lower the learning rate or check the input data"
         )
+        err.step, err.last_good = step, last_good  # type: ignore[attr-defined]
+        raise err
     return val
+
+
+def _comparable(value: Any) -> str:
+    """Config values as JSON text, so that tuples and lists (or 1 and 1.0) compare equal."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint written by :meth:`Detector.save` (format version, model, config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CheckpointError(f"{path}: not an iadlib checkpoint")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload['format_version']}, this iadlib reads {FORMAT_VERSION}; "
+            "refit the model and save it again"
+        )
+    missing = [k for k in ("model", "config", "state") if k not in payload]
+    if missing or not isinstance(payload["config"], dict):
+        raise CheckpointError(f"{path}: incomplete iadlib checkpoint (missing {', '.join(missing) or 'config'})")
+    return payload
+
+
+def check_config(path: str | Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` listing the options where ``saved`` differs (``device`` aside)."""
+    keys = sorted((set(saved) | set(expected)) - {"device"})
+    diff = [
+        f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs model {expected.get(k, '<absent>')!r}"
+        for k in keys
+        if k not in saved or k not in expected or _comparable(saved[k]) != _comparable(expected[k])
+    ]
+    if diff:
+        raise CheckpointError(f"{path}: checkpoint written with another configuration ({'; '.join(diff)})")
 
 
 class Detector:
@@ -150,6 +216,8 @@ class Detector:
         self.batch_size = batch_size
         self.fitted = False
         self.history: dict[str, list[float]] = {}
+        #: Path of the last checkpoint written during the current fit (see :meth:`checkpoint`).
+        self._last_good: str = NO_CHECKPOINT
 
     # --- to implement -------------------------------------------------------------------------
     def _fit(self, images: list[np.ndarray]) -> None:
@@ -170,7 +238,12 @@ class Detector:
         """Fit on normal images only. Returns ``self``."""
         images = as_image_list(train)
         seed_everything(self.seed)
-        self._fit(images)
+        self._last_good = NO_CHECKPOINT
+        token = _TRAINING.set(self)
+        try:
+            self._fit(images)
+        finally:
+            _TRAINING.reset(token)
         self.fitted = True
         return self
 
@@ -193,46 +266,83 @@ class Detector:
             raise TrainingError(f"{self.name}: non-finite anomaly scores; the model diverged or is untrained")
         return scores_np, maps.cpu().numpy().astype(np.float32)
 
-    def save(self, path: str | Path) -> Path:
-        """Write a versioned checkpoint (format version, model name, config, state) atomically."""
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: nothing to save before fit()")
-        payload = {
+    def _payload(self) -> dict[str, Any]:
+        return {
             "format_version": FORMAT_VERSION,
             "model": self.name,
             "config": self.config,
             "state": self._get_state(),
             "history": self.history,
         }
-        torch_save_atomic(payload, path)
+
+    def save(self, path: str | Path) -> Path:
+        """Write a versioned checkpoint (format version, model name, config, state) atomically.
+
+        A crash during the write leaves the previous file at ``path`` (or none), never a torn one.
+        """
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: nothing to save before fit()")
+        torch_save_atomic(self._payload(), path)
         return Path(path)
 
+    def checkpoint(self, path: str | Path) -> Path:
+        """Write a checkpoint *during* ``_fit`` (same format as :meth:`save`) and remember it.
+
+        A later divergence (:func:`check_loss`) names this file as the last good checkpoint.
+        """
+        torch_save_atomic(self._payload(), path)
+        self.note_checkpoint(path)
+        return Path(path)
+
+    def note_checkpoint(self, path: str | Path) -> None:
+        """Record ``path`` as the last good checkpoint of the running fit (for files written elsewhere)."""
+        self._last_good = str(path)
+
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> Detector:
-        """Load a checkpoint written by :meth:`save`; refuses other models and format versions."""
+    def load(cls, path: str | Path, device: str = "auto", config: dict[str, Any] | None = None) -> Detector:
+        """Load a checkpoint written by :meth:`save`.
+
+        Refuses, with :class:`CheckpointError`, another format version, another model than ``cls``
+        (when called on a subclass), a configuration other than ``config`` (when given) and a state
+        that does not fit the model its configuration builds.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint not found")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(payload, dict) or "format_version" not in payload:
-            raise CheckpointError(f"{path}: not an iadlib checkpoint")
-        if payload["format_version"] != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path}: checkpoint format {payload['format_version']}, this iadlib reads {FORMAT_VERSION}"
-            )
+        payload = read_checkpoint(path)
         from . import get_model
 
         if cls is not Detector and payload["model"] != cls.name:
             raise CheckpointError(f"{path}: checkpoint of model {payload['model']!r}, not {cls.name!r}")
+        if config is not None:
+            check_config(path, payload["config"], config)
         cfg = dict(payload["config"], device=device)
-        model = get_model(payload["model"], **cfg)
-        model._set_state(payload["state"])
-        model.history = payload.get("history", {})
-        model.fitted = True
-        return model
+        try:
+            model = get_model(payload["model"], **cfg)
+        except ConfigError as exc:
+            raise CheckpointError(
+                f"{path}: cannot rebuild model {payload['model']!r} from the checkpoint: {exc}"
+            ) from exc
+        return model._restore_payload(path, payload)
+
+    def restore(self, path: str | Path) -> Detector:
+        """Load a checkpoint into this detector; refuses another model, configuration or format version."""
+        path = Path(path)
+        payload = read_checkpoint(path)
+        if payload["model"] != self.name:
+            raise CheckpointError(f"{path}: checkpoint of model {payload['model']!r}, not {self.name!r}")
+        check_config(path, payload["config"], self.config)
+        return self._restore_payload(path, payload)
+
+    def _restore_payload(self, path: Path, payload: dict[str, Any]) -> Detector:
+        try:
+            self._set_state(payload["state"])
+        except Exception as exc:  # size mismatch in load_state_dict, missing keys, ...
+            raise CheckpointError(
+                f"{path}: the checkpoint's state does not fit model {self.name!r} "
+                f"({type(exc).__name__}: {str(exc)[:300]})"
+            ) from exc
+        self.history = payload.get("history", {})
+        self.fitted = True
+        return self
 
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
