@@ -25,7 +25,8 @@ import nbformat
 import pytest
 
 from iadlib.book import execute_notebook
-from iadlib.results import REPO_ROOT
+from iadlib.book.summary import HEADLINES, reported_row, write_summary
+from iadlib.results import REPO_ROOT, ResultStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -71,8 +72,14 @@ def _book(tmp: Path) -> Path:
     shutil.copy(REPO_ROOT / "book" / "references.bib", root / "book" / "references.bib")
     (root / "book" / "intro.md").write_text(
         "# Tiny book\n\nResults: {ref}`sec-tiny-results`.\n\n"
+        "```{include} chapters/summary.md\n```\n\n"
         "```{bibliography}\n:all:\n```\n"
     )
+    # the front page's summary, written from a store holding one PatchCore record (chapter 3)
+    store = ResultStore(tmp / "results")
+    store.put("03_miad", {"method": "patchcore", "dataset": "elpv", "category": "mono", "profile": "quick",
+                          "seed": 0}, {"image_auroc": 0.8765})
+    write_summary(root / "book" / "chapters" / "summary.md", tmp / "results", "quick", root / "book" / "chapters")
     src = tmp / "src"
     src.mkdir()
     _write_nb(src / "01_tiny_table.ipynb", NB_TABLE)
@@ -185,6 +192,13 @@ def test_pages_show_tables_figures_math_and_resolved_references(site):
 
     intro = _dump(html / "book" / "intro.html", profile)
     _check_images(intro, html / "book" / "intro.html")
+    # the front page's summary table: every headline, ours from the store beside the paper's
+    visible = " ".join(intro.text)
+    assert len(intro.find("table")) == 1
+    assert f"{0.8765:.3f}" in visible  # the stored PatchCore record
+    paper = reported_row(next(h for h in HEADLINES if h.method == "PatchCore").reported)["value"]
+    assert f"{paper:.3f}" in visible and f"{0.8765 - paper:+.3f}" in visible
+    assert visible.count("not run yet") == len(HEADLINES) - 1
     assert any(a.get("href", "").startswith("01_tiny_table.html#sec-tiny-results") for a in intro.find("a"))
     for dom in (table, xref, intro):
         visible = " ".join(dom.text)

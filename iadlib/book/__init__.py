@@ -181,8 +181,15 @@ def _report(rec: dict[str, Any]) -> None:
         print(f"       {rec['error']}", flush=True)
 
 
-def build(strict: bool = True, root: Path = REPO_ROOT) -> None:
-    """Render the HTML book with Jupyter Book 1.x (offline); exits non-zero on failure."""
+def build(strict: bool = True, root: Path = REPO_ROOT, profile: str = "quick", results_dir: str | None = None) -> None:
+    """Write the front page's summary table from the results store, then render the HTML book with
+    Jupyter Book 1.x (offline); exits non-zero on failure."""
+    from .summary import write_summary
+
+    chapters = Path(root) / "book" / "chapters"
+    df = write_summary(chapters / "summary.md", results_dir, profile, chapters_dir=chapters)
+    print(f"Front-page summary: {int((df['runs'] > 0).sum())}/{len(df)} headline results from the store "
+          f"({profile} profile) -> {chapters / 'summary.md'}", flush=True)
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(root), "--keep-going"]
     if strict:
@@ -207,11 +214,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--dask", action="store_true", help="run chapters on a local Dask cluster")
     r.add_argument("--device", default="auto")
     r.add_argument("--seed", type=int, default=0)
-    b = sub.add_parser("build", help="render the HTML book")
+    b = sub.add_parser("build", help="write the front-page summary from the store, render the HTML book")
     b.add_argument("--no-strict", action="store_true")
+    b.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="profile of the summary's records")
+    b.add_argument("--results", default=None, help="results folder (default results/)")
+    s = sub.add_parser("summary", help="print every chapter's headline result against the paper")
+    s.add_argument("--profile", default="quick", choices=PROFILE_NAMES)
+    s.add_argument("--results", default=None, help="results folder (default results/)")
     a = p.parse_args(argv)
     if a.cmd == "run":
         run(a.profile, a.chapters, a.jobs, a.force, a.results, timeout=a.timeout, scheduler=a.scheduler,
             use_dask=a.dask, device=a.device, seed=a.seed)
+    elif a.cmd == "build":
+        build(strict=not a.no_strict, profile=a.profile, results_dir=a.results)
     else:
-        build(strict=not a.no_strict)
+        from .summary import chapter_headlines, to_markdown
+
+        print(to_markdown(chapter_headlines(a.results, a.profile), profile=a.profile))
