@@ -7,7 +7,10 @@ as ``book/chapters/<name>.failed.ipynb`` and makes the command exit non-zero. Th
 is written atomically, so the book never shows a half-run chapter. Time per chapter is printed and
 stored in ``results/book_runs.json``. ``python -m iadlib.book build`` renders ``_build/html``.
 With ``--scheduler tcp://host:8786`` (or ``--dask`` for a local cluster) chapters run as tasks
-on a Dask distributed cluster.
+on a Dask distributed cluster. ``python -m iadlib.book grid`` runs the experiment cells themselves
+(chapter × dataset × category × seed × method) as Dask tasks (:mod:`iadlib.book.grid`); the
+chapters' notebooks then reuse their records. ``build`` first writes the front page's summary table
+from the results store (:mod:`iadlib.book.summary`).
 """
 
 from __future__ import annotations
@@ -218,6 +221,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     b.add_argument("--no-strict", action="store_true")
     b.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="profile of the summary's records")
     b.add_argument("--results", default=None, help="results folder (default results/)")
+    g = sub.add_parser("grid", help="run the chapters' experiment cells as Dask tasks (idempotent)")
+    g.add_argument("--profile", default="quick", choices=PROFILE_NAMES)
+    g.add_argument("--chapters", nargs="*", default=None, help="chapter prefixes with a grid (03 05); default all")
+    g.add_argument("--seeds", nargs="*", type=int, default=[0])
+    g.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://…); default a LocalCluster")
+    g.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    g.add_argument("--device", default="auto", help="auto|cpu|cuda (cuda: tasks ask for the Dask resource GPU=1)")
+    g.add_argument("--results", default=None, help="results folder (default results/)")
+    g.add_argument("--force", action="store_true", help="recompute finished cells")
+    g.add_argument("--list", action="store_true", help="print the cells and exit")
     s = sub.add_parser("summary", help="print every chapter's headline result against the paper")
     s.add_argument("--profile", default="quick", choices=PROFILE_NAMES)
     s.add_argument("--results", default=None, help="results folder (default results/)")
@@ -225,6 +238,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.cmd == "run":
         run(a.profile, a.chapters, a.jobs, a.force, a.results, timeout=a.timeout, scheduler=a.scheduler,
             use_dask=a.dask, device=a.device, seed=a.seed)
+    elif a.cmd == "grid":
+        from .grid import cell_label, grid_cells, run_grid
+
+        cells = grid_cells(a.chapters, a.profile, a.seeds, a.device)
+        if a.list:
+            print("\n".join(cell_label(c) for c in cells))
+            return
+        run_grid(cells, a.results, a.scheduler, a.workers, device=a.device, force=a.force)
     elif a.cmd == "build":
         build(strict=not a.no_strict, profile=a.profile, results_dir=a.results)
     else:
