@@ -1,4 +1,5 @@
-# iad-book: `make book` executes every chapter with papermill and builds the HTML book;
+# iad-book: `make book` executes every chapter with papermill and builds the HTML book (its front
+# page summarises the results store); `make grid` runs the experiment cells on Dask first;
 # `make test` runs the test suite. Both set up the environment first (`make setup`).
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,8 +9,10 @@ STAMP := $(VENV)/.iadlib-installed
 PROFILE ?= quick
 CHAPTERS ?=
 JOBS ?= 1
+WORKERS ?= 2
+SEEDS ?= 0
 
-.PHONY: setup test book run-notebooks html lint bench clean-book clean
+.PHONY: setup test book run-notebooks html grid summary lint bench clean-book clean
 
 setup: $(STAMP)
 
@@ -36,7 +39,14 @@ run-notebooks: setup
 	$(PY) -m iadlib.book run --profile $(PROFILE) --jobs $(JOBS) $(if $(CHAPTERS),--chapters $(CHAPTERS),)
 
 html: setup
-	$(PY) -m iadlib.book build
+	$(PY) -m iadlib.book build --profile $(PROFILE)
+
+# the experiment cells of the grid chapters as Dask tasks (SCHEDULER=tcp://host:8786 for a cluster)
+grid: setup
+	$(PY) -m iadlib.book grid --profile $(PROFILE) --workers $(WORKERS) --seeds $(SEEDS) $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
+
+summary: setup
+	$(PY) -m iadlib.book summary --profile $(PROFILE)
 
 book: run-notebooks html
 	@echo "Book: _build/html/index.html"
