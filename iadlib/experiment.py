@@ -5,6 +5,10 @@ the same parameters (unless ``force=True``), measures fit time, prediction time 
 memory, computes the metrics the data allows (image AUROC always; pixel AUROC and AU-PRO when the
 test split has masks; AU-sPRO for LOCO-style regions) and writes one atomic record, plus an
 ``.npz`` beside it with the image scores and a few anomaly maps for the chapter's figures.
+
+A run killed at any point (SIGKILL, power loss) leaves no partial record: both files are written
+atomically, the ``.npz`` first, the record last; a rerun recomputes and removes the temp files the
+killed run left. Unknown method or dataset names fail at once, before any data is built.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .data import get_dataset
+from .data import get_dataset, list_datasets
 from .data.base import ADDataset, Split
-from .models import get_model
+from .errors import ConfigError
+from .models import get_model, list_models
 from .models.base import Detector
 from .results import ResultStore, experiment_key
-from .utils import PeakMemory, atomic_path, resolve_device
+from .utils import PeakMemory, atomic_path, remove_stale_temp_files, resolve_device
 
 
 def masks_of(split: Split, shape: tuple[int, int] | None = None) -> np.ndarray | None:
@@ -88,6 +93,10 @@ def run_experiment(
     ``.npz`` of predictions under ``record["extra"]["predictions"]``.
     """
     store = store or ResultStore()
+    if method not in list_models():  # fail before building any data
+        raise ConfigError(f"unknown method {method!r}; valid: {', '.join(list_models())}")
+    if isinstance(dataset, str) and dataset not in list_datasets():
+        raise ConfigError(f"unknown dataset {dataset!r}; valid: {', '.join(list_datasets())}")
     model_cfg = dict(model_cfg or {})
     dataset_cfg = dict(dataset_cfg or {})
     ds_name = dataset if isinstance(dataset, str) else dataset.name
@@ -108,6 +117,8 @@ def run_experiment(
         done = store.get(chapter, params)
         if done is not None and Path(done["extra"].get("predictions", "")).is_file():
             return done
+    key = experiment_key(params)
+    remove_stale_temp_files(store.root / chapter, f"{key}.*")  # what a killed earlier run left
     ds = get_dataset(ds_name, seed=seed, **dataset_cfg) if isinstance(dataset, str) else dataset
     model: Detector = get_model(method, seed=seed, device=device, **model_cfg)
     with PeakMemory() as mem_fit:
@@ -115,7 +126,6 @@ def run_experiment(
     with PeakMemory() as mem_pred:
         scores, maps = model.predict(ds.test)
     metrics = evaluate(ds.test, scores, maps)
-    key = experiment_key(params)
     pred_path = store.root / chapter / f"{key}.npz"
     labels = ds.test.labels
     pick = _example_indices(labels, n_maps)

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from .utils import atomic_write_text, device_name
+from .utils import atomic_write_text, device_name, stale_temp_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = Path(os.environ.get("IADLIB_RESULTS", REPO_ROOT / "results"))
@@ -89,10 +90,11 @@ class ResultStore:
         return self._path(chapter, experiment_key(params)).is_file()
 
     def get(self, chapter: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The finished record of ``params``, or None (also when the file is unreadable: rerun it)."""
         p = self._path(chapter, experiment_key(params))
         if not p.is_file():
             return None
-        return json.loads(p.read_text())
+        return _read_record(p)
 
     def put(
         self,
@@ -119,9 +121,16 @@ class ResultStore:
         folders = [self.root / chapter] if chapter else sorted(p for p in self.root.glob("*") if p.is_dir())
         for folder in folders:
             for f in sorted(folder.glob("*.json")):
-                doc = json.loads(f.read_text())
-                if isinstance(doc, dict) and "chapter" in doc and "metrics" in doc:  # skip benchmark files
+                if f.name.startswith("."):  # temp files of atomic writes in progress or of killed runs
+                    continue
+                doc = _read_record(f, quiet=True)
+                if doc is not None:
                     yield doc
+
+    def stale_temp_files(self, chapter: str | None = None) -> list[Path]:
+        """Temp files left by runs that were killed while writing (never read as records)."""
+        folders = [self.root / chapter] if chapter else sorted(p for p in self.root.glob("*") if p.is_dir())
+        return [f for folder in folders for f in stale_temp_files(folder)]
 
     def frame(self, chapter: str | None = None) -> pd.DataFrame:
         """Long table: one row per (experiment, metric) with parameters, extra and provenance flattened."""
@@ -133,6 +142,25 @@ class ResultStore:
             for metric, value in doc["metrics"].items():
                 rows.append({**base, "metric": metric, "value": value})
         return pd.DataFrame(rows)
+
+
+def _read_record(path: Path, quiet: bool = False) -> dict[str, Any] | None:
+    """A record file's content, or None for files that are not (complete) records.
+
+    Benchmark JSON files in the same folders are skipped silently (``quiet``); a corrupt or
+    truncated record (not written by this library, which writes atomically) is skipped with a
+    warning naming the file, so that the experiment is rerun instead of read half.
+    """
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.warn(f"{path}: unreadable result record skipped ({type(exc).__name__}: {exc})", stacklevel=3)
+        return None
+    if isinstance(doc, dict) and "chapter" in doc and "metrics" in doc and "params" in doc and "key" in doc:
+        return doc
+    if not quiet:
+        warnings.warn(f"{path}: not a result record (skipped)", stacklevel=3)
+    return None
 
 
 def load_reported(name: str | None = None) -> pd.DataFrame:

@@ -17,12 +17,18 @@ import torch
 
 from .errors import ConfigError
 
+#: Suffix of the temporary files of :func:`atomic_path` (never read as results or checkpoints).
+TEMP_SUFFIX = ".tmp"
+
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` → CUDA when present, else CPU. Explicit ``"cuda"`` without a GPU is an error."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"unknown device {device!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:<index>'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return dev
@@ -51,7 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -62,6 +68,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_temp_files(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Temp files :func:`atomic_path` left in ``folder`` for target ``name`` by processes that died.
+
+    Their names carry the writer's pid (``.<name>.<pid>.<random>.tmp``): those of live processes
+    are still being written and are not listed.
+    """
+    out = []
+    for f in Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"):
+        parts = f.name[: -len(TEMP_SUFFIX)].split(".")
+        pid = parts[-2] if len(parts) >= 3 else ""
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            out.append(f)
+    return out
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, name: str = "*") -> int:
+    """Delete :func:`stale_temp_files` (what a killed run left behind); return how many."""
+    n = 0
+    for f in stale_temp_files(folder, name):
+        with contextlib.suppress(OSError):
+            f.unlink()
+            n += 1
+    return n
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

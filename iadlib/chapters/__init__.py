@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError
 
 PROFILE_NAMES = ("smoke", "quick", "full")
@@ -25,3 +27,25 @@ def check_choice(kind: str, value: Any, valid: list[Any] | tuple[Any, ...]) -> A
     if value not in valid:
         raise ConfigError(f"unknown {kind} {value!r}; valid: {', '.join(map(str, valid))}")
     return value
+
+
+def check_run_args(
+    profiles: dict[str, Any],
+    profile: str,
+    *,
+    device: Any = None,
+    seed: Any = None,
+) -> Any:
+    """Validate the parameters every chapter entry point shares, before any data or training.
+
+    Unknown profile or device, or a seed that is not an integer, raise :class:`ConfigError`
+    listing the valid values. Returns ``profiles[profile]``.
+    """
+    from ..utils import resolve_device
+
+    prof = get_profile(profiles, profile)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ConfigError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+    if device is not None:
+        resolve_device(device)
+    return prof

@@ -33,7 +33,7 @@ from ..models import get_model
 from ..models.algan import GANDetector, train_toy
 from ..results import ResultStore, load_reported
 from ..utils import PeakMemory, atomic_path, resolve_device
-from . import check_choice, get_profile
+from . import check_choice, check_run_args, get_profile
 
 CHAPTER = "04_algan"
 PAPER = "Murase 2022, Anomaly Detection by Generating Pseudo Anomalous Data (thesis, SOKENDAI)"
@@ -356,6 +356,7 @@ def run_main(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """Tables 5.2 (image methods) and 5.3 (feature methods) on the profile's datasets."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     P = profile_config(profile)
     store = _store(results_dir)
     jobs = []
@@ -423,6 +424,7 @@ def run_sweeps(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """Tables 5.8–5.12 and 5.14: one factor changed at a time from the thesis defaults."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     P = profile_config(profile)
     store = _store(results_dir)
     ds_name, ds_cfg = P["sweep_dataset"]
@@ -478,6 +480,7 @@ def run_oneclass(
     verbose: bool = True,
 ) -> pd.DataFrame:
     """Table 5.5 stand-in: one-class classification (one class normal, all others anomalous)."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     P = profile_config(profile)
     oc = P["oneclass"]
     if oc is None:
@@ -543,6 +546,7 @@ def run_robustness(
     :func:`run_main` first). Normal = the real normal test images; anomalous = as many generated
     images (or CutPaste versions of those normal images).
     """
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     from ..metrics import image_auroc
     from ..models import load_model
 
@@ -599,6 +603,7 @@ def run_toy(
     force: bool = False,
 ) -> dict[str, Any]:
     """Fig. 4.5: the toy problem (100-d latents → N(0, I₂)); arrays cached as ``.npz`` in the store."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     P = profile_config(profile)
     store = _store(results_dir)
     cfg = P["toy"]
@@ -641,6 +646,7 @@ def run_all(
     force: bool = False,
     verbose: bool = True,
 ) -> pd.DataFrame:
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     check_choice("profile", profile, list(PROFILES))
     kw = dict(profile=profile, device=device, seed=seed, results_dir=results_dir, force=force)
     run_toy(**kw)

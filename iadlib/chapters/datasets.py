@@ -25,7 +25,7 @@ from ..data.base import ADDataset, Split
 from ..data.synth import LOCO_CATEGORIES, TEXTURE_CATEGORIES, TEXTURE_DEFECTS
 from ..errors import DatasetError
 from ..results import ResultStore
-from . import check_choice, get_profile
+from . import check_choice, check_run_args, get_profile
 
 CHAPTER = "datasets"
 
@@ -114,6 +114,7 @@ def run(profile: str = "quick", seed: int = 0, results_dir: str | None = None, f
     Returns ``{(dataset, category): ADDataset}`` plus ``"skipped"``: ``{name: error}`` for the
     datasets that are not installed (MNIST, CIFAR-10, Fashion-MNIST without the Debian package).
     """
+    check_run_args(PROFILES, profile, seed=seed)  # fail before any work
     prof = get_profile(PROFILES, profile)
     store = ResultStore(results_dir)
     out: dict[Any, Any] = {}

@@ -38,7 +38,7 @@ from ..experiment import evaluate, run_experiment
 from ..models import get_model, list_models
 from ..results import ResultStore, compare_table, load_reported
 from ..utils import resolve_device
-from . import check_choice, get_profile
+from . import check_choice, check_run_args, get_profile
 
 CHAPTER = "05_loco"
 PAPER = "Saghir 2024, Ensemble Methods for Visual Anomaly Detection in Manufacturing Settings (draft)"
@@ -169,6 +169,7 @@ def run(
     only: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every method × category of the profile through :func:`run_experiment`; returns the records."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     prof = get_profile(PROFILES, profile)
     store = ResultStore(results_dir)
     todo, _ = methods(profile)
@@ -289,6 +290,7 @@ def run_ablation(
     data_root: str | None = None,
 ) -> list[dict[str, Any]]:
     """§4.1: the ablation methods on the original and the background-removed category."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     prof = get_profile(PROFILES, profile)
     ab = prof["ablation"]
     store = ResultStore(results_dir)
@@ -350,6 +352,7 @@ def run_curves(
 ) -> list[dict[str, Any]]:
     """Loss and test image AUROC after every epoch (the AUROC is only watched, never used to pick
     an epoch: the model kept is the last one, as in the grid)."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     prof = get_profile(PROFILES, profile)
     cv = prof["curves"]
     store = ResultStore(results_dir)
@@ -513,6 +516,7 @@ def plot_segmentations(records: list[dict[str, Any]], category: str, n: int = 4)
 
 def example_images(profile: str = "quick", seed: int = 0, data_root: str | None = None) -> plt.Figure:
     """One good, one logical and one structural test image per category (and the §4.1 variant)."""
+    check_run_args(PROFILES, profile, seed=seed)  # fail before any work
     prof = get_profile(PROFILES, profile)
     cats = prof["categories"][:2]
     fig, axes = plt.subplots(len(cats), 4, figsize=(10, 2.6 * len(cats)), squeeze=False)

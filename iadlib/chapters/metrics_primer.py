@@ -28,7 +28,7 @@ from .. import metrics as M
 from .. import thresholds as T
 from ..results import ResultStore
 from ..utils import resolve_device
-from . import check_choice, get_profile
+from . import check_choice, check_run_args, get_profile
 
 CHAPTER = "00_metrics"
 
@@ -100,6 +100,7 @@ def image_level(
     Long table: ``separation, rate, metric, value`` (metric ∈ image_auroc, image_aupr, f1_max,
     chance_aupr = the anomaly rate, the AUPR of random scores).
     """
+    check_run_args(PROFILES, profile, seed=seed)  # fail before any work
     cfg = get_profile(PROFILES, profile)
     store = store or ResultStore()
     for sep in cfg["separations"]:
@@ -182,6 +183,7 @@ def pixel_level(
 ) -> pd.DataFrame:
     """Pixel AUROC, pixel AUPR, AU-PRO (0.3) and AU-sPRO (0.05) of the toy maps. Long table:
     ``map, metric, value``."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     cfg = get_profile(PROFILES, profile)
     store = store or ResultStore()
     dev = resolve_device(device)
@@ -208,6 +210,7 @@ def pixel_level(
 
 def pro_curves(profile: str = "quick", seed: int = 0, limit: float = 0.3) -> pd.DataFrame:
     """The PRO and sPRO curves of the toy maps up to ``limit`` (for the figure)."""
+    check_run_args(PROFILES, profile, seed=seed)  # fail before any work
     cfg = get_profile(PROFILES, profile)
     toy = toy_maps(cfg["map_size"], cfg["n_good"], seed)
     rows = []
@@ -244,6 +247,7 @@ def thresholds_part(
     Returns ``(table, trajectory)``: the long table ``rule, metric, value`` (metric ∈ threshold,
     normal / anomalous ratio (Table 4), precision, recall, f1) and the per-epoch thresholds.
     """
+    check_run_args(PROFILES, profile, seed=seed)  # fail before any work
     cfg = get_profile(PROFILES, profile)
     store = store or ResultStore()
     sim = simulated_training(cfg, seed)
@@ -299,6 +303,7 @@ def calibration_part(
     Returns ``(table, probabilities per method, held-out labels)``; the table is long
     (``method, metric, value`` with metric ∈ ece, image_auroc).
     """
+    check_run_args(PROFILES, profile, seed=seed)  # fail before any work
     cfg = get_profile(PROFILES, profile)
     store = store or ResultStore()
     s_cal, y_cal = calibration_scores(cfg["n_cal"], seed)
@@ -377,6 +382,7 @@ def plot_image_level(df: pd.DataFrame, curves: pd.DataFrame | None = None) -> An
 
 
 def plot_toy_maps(profile: str = "quick", seed: int = 0) -> Any:
+    check_run_args(PROFILES, profile, seed=seed)  # fail before any work
     import matplotlib.pyplot as plt
 
     cfg = get_profile(PROFILES, profile)
@@ -461,6 +467,7 @@ def plot_calibration(probs: dict[str, np.ndarray], labels: np.ndarray, separated
 def run_all(profile: str = "quick", seed: int = 0, device: str = "auto", results_dir: str | None = None,
             force: bool = False) -> dict[str, Any]:
     """Everything the notebook shows, in one call (used by the smoke test)."""
+    check_run_args(PROFILES, profile, device=device, seed=seed)  # fail before any work
     check_choice("profile", profile, list(PROFILES))
     store = ResultStore(results_dir)
     out: dict[str, Any] = {"image": image_level(profile, seed, store, force)}
