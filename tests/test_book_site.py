@@ -194,11 +194,12 @@ def test_pages_show_tables_figures_math_and_resolved_references(site):
     _check_images(intro, html / "book" / "intro.html")
     # the front page's summary table: every headline, ours from the store beside the paper's
     visible = " ".join(intro.text)
-    assert len(intro.find("table")) == 1
+    assert len(intro.find("table")) == 2  # headline numbers; data and sources
     assert f"{0.8765:.3f}" in visible  # the stored PatchCore record
     paper = reported_row(next(h for h in HEADLINES if h.method == "PatchCore").reported)["value"]
     assert f"{paper:.3f}" in visible and f"{0.8765 - paper:+.3f}" in visible
     assert visible.count("not run yet") == len(HEADLINES) - 1
+    assert "elpv/mono" in visible
     assert any(a.get("href", "").startswith("01_tiny_table.html#sec-tiny-results") for a in intro.find("a"))
     for dom in (table, xref, intro):
         visible = " ".join(dom.text)
