@@ -113,7 +113,7 @@ def test_headline_is_the_mean_of_the_latest_records_beside_the_paper(tmp_path):
     assert row["substitution"] == "ELPV for MVTec AD; ours at 128 px"
     md = to_markdown(df)
     assert "| 3 · X | M | image_auroc | 0.750 | 0.900 | -0.150 | 2 |" in md
-    assert "| 3 · X | M | elpv/mono, elpv/poly | mvtec_ad (mean) | ELPV for MVTec AD; ours at 128 px | P, T1 |" in md
+    assert "| 3 · X | M | elpv/mono, elpv/poly | ELPV for MVTec AD; ours at 128 px | mvtec_ad (mean) · P, T1 |" in md
     empty = headline_rows([spec], tmp_path / "none", "quick", reported=rep).iloc[0]
     assert empty["runs"] == 0 and empty["data (ours)"] == "not run yet" and "| — | 0.900 | — | 0 |" in to_markdown(
         headline_rows([spec], tmp_path / "none", "quick", reported=rep))

@@ -218,7 +218,7 @@ def _fmt(v: Any) -> str:
 
 #: the headline table (narrow, numbers) and the provenance table (which data stood in, which source)
 MAIN_COLUMNS = ["chapter", "method", "metric", "ours", "paper", "Δ", "runs"]
-DATA_COLUMNS = ["chapter", "method", "data (ours)", "paper's data", "substitution", "source"]
+DATA_COLUMNS = ["chapter", "method", "data (ours)", "substitution", "paper's data · source"]
 
 
 def _md_table(df: pd.DataFrame, cols: list[str], chapters_dir: Path | None) -> list[str]:
@@ -237,6 +237,11 @@ def _md_table(df: pd.DataFrame, cols: list[str], chapters_dir: Path | None) -> l
     return lines
 
 
+def _paper_cell(r: pd.Series) -> str:
+    data, source = r.get("paper's data", ""), r.get("source", "")
+    return f"{data} · {source}" if isinstance(data, str) and data else str(source)
+
+
 def to_markdown(df: pd.DataFrame, chapters_dir: Path | None = None, profile: str = "quick") -> str:
     """Two MyST tables (headline numbers; data and sources); chapter names link to their page when the
     executed notebook is in ``chapters_dir``."""
@@ -251,7 +256,8 @@ def to_markdown(df: pd.DataFrame, chapters_dir: Path | None = None, profile: str
     data = ("What stood in for the papers' data, and where each paper number comes from "
             "(the citation is in `book/reported/`):")
     return "\n".join([*_md_table(df, MAIN_COLUMNS, chapters_dir), "", foot, "", data, "",
-                      *_md_table(df, DATA_COLUMNS, None)]) + "\n"
+                      *_md_table(df.assign(**{"paper's data · source": df.apply(_paper_cell, axis=1)}),
+                                 DATA_COLUMNS, None)]) + "\n"
 
 
 def write_summary(
