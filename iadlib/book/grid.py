@@ -9,9 +9,10 @@ grid is idempotent: a rerun computes nothing new, and a killed run resumes with 
 not finished (a killed task leaves no partial record). The chapters' notebooks then find these
 records — same parameters, same keys — and do not recompute them.
 
-With ``--device cuda`` every task asks for the Dask resource ``{"GPU": 1}``: the local cluster
-starts one worker per visible GPU holding that resource; on an existing cluster start the GPU
-workers with ``dask worker ADDR --resources GPU=1 --nthreads 1``.
+With ``--device cuda`` every task asks for the Dask resource ``{"GPU": 1}``, so a worker runs one
+GPU task at a time: the local cluster gives each of its ``--workers`` workers one GPU slot (they
+share the visible GPU; use ``--workers 1`` per GPU); on an existing cluster start one worker per
+GPU with ``CUDA_VISIBLE_DEVICES=i dask worker ADDR --resources GPU=1 --nthreads 1``.
 
 Cells come from a chapter module's ``cells(profile, seed=0, device="auto")`` (a list of
 :func:`run_experiment` keyword dicts) when it defines one, else from the adapters below, which
