@@ -29,3 +29,7 @@ class CheckpointError(IADError, ValueError):
 
 class WeightsError(IADError, RuntimeError):
     """Pretrained backbone weights are not available offline."""
+
+
+class ResourceError(IADError, MemoryError):
+    """A computation that cannot fit in the available (GPU or host) memory; says how much it needs."""

@@ -72,3 +72,42 @@ def test_random_projection_preserves_distances():
     ratio = d1 / d0
     assert 0.7 < float(ratio.min()) and float(ratio.max()) < 1.3  # Johnson–Lindenstrauss
     assert random_projection(x, 1024) is x
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("seed,n,dim", [(5, 150, 3), (6, 400, 32)])
+def test_coreset_backends_equal_plain_greedy(backend, seed, n, dim):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(30, dim, generator=g) * 4
+    x = centres[torch.randint(0, 30, (5000,), generator=g)] + torch.randn(5000, dim, generator=g)
+    stats: list[int] = []
+    fast = greedy_coreset(x, n, start=11, backend=backend, stats=stats)
+    assert torch.equal(fast, greedy_coreset_reference(x, n, start=11))
+    # the pruning must skip most of the plain loop's n × N full distances
+    assert sum(stats) < 0.5 * n * x.shape[0]
+
+
+def test_coreset_bad_arguments():
+    x = torch.randn(50, 4)
+    with pytest.raises(ConfigError, match="start"):
+        greedy_coreset(x, 5, start=50)
+    with pytest.raises(ConfigError, match="backend"):
+        greedy_coreset(x, 5, backend="cuda")
+
+
+def test_knn_bf16_rerank_matches_exact():
+    g = torch.Generator().manual_seed(8)
+    centres = torch.randn(40, 152, generator=g) * 3 + 10  # far from the origin, as CNN features are
+    bank = centres[torch.randint(0, 40, (3000,), generator=g)] + torch.randn(3000, 152, generator=g)
+    q = centres[torch.randint(0, 40, (2000,), generator=g)] + torch.randn(2000, 152, generator=g)
+    d_ex, i_ex = knn(q, bank)
+    d_lp, i_lp = knn(q, bank, precision="bf16", chunk_bytes=2**20)
+    assert (i_lp == i_ex).float().mean() > 0.995
+    # returned distances are exact float32 distances of real candidates: never below the true NN
+    assert torch.all(d_lp >= d_ex - 1e-3)  # (the exact path rounds ‖a‖² − 2a·b + ‖b‖² to ~1e-4 here)
+    assert torch.allclose(d_lp[i_lp == i_ex], d_ex[i_lp == i_ex], atol=1e-3)
+    assert ((d_lp - d_ex) / d_ex).max() < 1e-2
+    d3, i3 = knn(q, bank, k=3, precision="bf16")
+    assert d3.shape == (2000, 3) and torch.all(d3[:, 1:] >= d3[:, :-1])
+    with pytest.raises(ConfigError, match="precision"):
+        knn(q, bank, precision="fp8")
