@@ -144,3 +144,16 @@ def test_students_separate_anomalies_and_roundtrip(tmp_path) -> None:
     s2, m2 = again.predict(test)
     np.testing.assert_allclose(s2, scores, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(m2, maps, rtol=1e-5, atol=1e-5)
+
+
+def test_compactness_is_scaled_per_descriptor_dimension() -> None:
+    """L_c enters distillation divided by d (range [−1, d − 1]); ``lc_per_dim=False`` is Eq. 3 literally."""
+    kw = dict(p=17, lambda_k=1.0, lambda_c=1.0, width=0.125, n_patches=64, steps=1, batch_size=32,
+              target_size=32, seed=0)  # fmt: skip
+    _, per_dim = distill_teacher(DistillConfig(**kw), device="cpu", images=_tiny_images(), cache=False)
+    _, literal = distill_teacher(DistillConfig(**kw, lc_per_dim=False), device="cpu", images=_tiny_images(),
+                                 cache=False)  # fmt: skip
+    assert literal["L_c"][0] == pytest.approx(128 * per_dim["L_c"][0], rel=1e-4)
+    assert -1.0 <= per_dim["L_c"][0] <= 127.0
+    assert per_dim["L_k"][0] == pytest.approx(literal["L_k"][0], rel=1e-5)
+    assert literal["loss"][0] == pytest.approx(literal["L_k"][0] + literal["L_c"][0], rel=1e-5)
