@@ -185,8 +185,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_config(path: str | Path, saved: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Raise :class:`CheckpointError` listing the options where ``saved`` differs (``device`` aside)."""
-    keys = sorted((set(saved) | set(expected)) - {"device"})
+    """Raise :class:`CheckpointError` listing the options where ``saved`` differs (``device``, ``verbose`` aside)."""
+    keys = sorted((set(saved) | set(expected)) - {"device", "verbose"})
     diff = [
         f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs model {expected.get(k, '<absent>')!r}"
         for k in keys
