@@ -350,3 +350,20 @@ def test_folder_dataset_with_broken_file_is_not_skipped(tmp_path):
         return
     with pytest.raises(DatasetError, match="001.png"):
         ds.train.images()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="iadlib.data.folder.estimate_bytes opens the first image with PIL and lets its "
+    "DecompressionBombError escape; it needs Image.DecompressionBombError in its except tuple",
+)
+def test_folder_dataset_with_a_bomb_image_names_it(tmp_path):
+    root = tmp_path / "ds"
+    (root / "good").mkdir(parents=True)
+    (root / "crack").mkdir()
+    (root / "good/000.png").write_bytes(_png_header_only(20_000, 20_000, idat=zlib.compress(b"\0" * 64)))
+    for i in range(1, 4):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "good" / f"{i:03d}.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "crack/000.png")
+    with pytest.raises(DatasetError, match="000.png"):
+        get_dataset("folder", root=root).train.images()

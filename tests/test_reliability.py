@@ -115,11 +115,24 @@ BAD_PARAMETERS = [
 ]
 
 
+#: Entry points of chapter modules this test's author may not edit (miad, mixer_ae, students) that do
+#: not validate ``seed`` yet: each needs ``check_run_args(PROFILES, profile, device=device, seed=seed)``
+#: as its first line (today: TypeError deep inside, or training starts with a string seed).
+NOT_YET_VALIDATED = [
+    (f, {"profile": "smoke", "seed": "0"}, "seed must be an integer, got '0'")
+    for f in (students.run_figure1, students.run_tables, mixer_ae.run, miad.run)
+]
+
+
+def _case(f, kw, message, marks=()):
+    ident = f"{f.__module__.rsplit('.', 1)[-1]}.{f.__name__}-{'-'.join(map(str, kw.values()))}"
+    return pytest.param(f, kw, message, id=ident, marks=marks)
+
+
 @pytest.mark.parametrize(
     "entry, kwargs, message",
-    BAD_PARAMETERS,
-    ids=[f"{f.__module__.rsplit('.', 1)[-1]}.{f.__name__}-{'-'.join(map(str, kw.values()))}" for f, kw, _ in
-         BAD_PARAMETERS],  # fmt: skip
+    [_case(*c) for c in BAD_PARAMETERS]
+    + [_case(*c, marks=pytest.mark.xfail(strict=True, reason="seed not validated")) for c in NOT_YET_VALIDATED],
 )
 def test_bad_parameters_fail_fast_listing_valid_values(entry, kwargs, message, no_training, tmp_path):
     import inspect
