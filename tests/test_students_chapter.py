@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -66,3 +67,33 @@ def test_notebook_runs_in_smoke_profile(tmp_path: Path, monkeypatch: pytest.Monk
     tables = ch.tables_frame(tmp_path / "results", "smoke")
     assert set(tables["method"]) == {"students k+c", "1-NN", "KMeans", "OC-SVM", "l2-AE", "VAE"}
     assert tables["value"].between(0, 1).all()
+
+
+def test_headline_averages_newest_records_beside_the_paper(tmp_path: Path) -> None:
+    from iadlib.results import ResultStore
+
+    store = ResultStore(tmp_path)
+    base = {"protocol": "tables", "paper": ch.PAPER, "table": "Table 2", "dataset": "fashion_mnist",
+            "profile": "smoke", "seed": 0}  # fmt: skip
+    for cls in (0, 1):
+        store.put(ch.CHAPTER, {**base, "method": "students k+c", "category": str(cls), "epochs": 1},
+                  {"image_auroc": 0.1})  # fmt: skip  (an older grid's record of the same cell …)
+    time.sleep(1.1)  # provenance timestamps have one-second resolution
+    for cls, v in ((0, 0.8), (1, 0.9)):
+        store.put(ch.CHAPTER, {**base, "method": "students k+c", "category": str(cls), "epochs": 2},
+                  {"image_auroc": v})  # fmt: skip  (… is replaced by the newest one)
+    store.put(ch.CHAPTER, {**base, "method": "students k+c", "category": "0", "profile": "quick"},
+              {"image_auroc": 0.0})  # fmt: skip  another profile does not mix in
+    h = ch.headline(tmp_path, profile="smoke")
+    from iadlib.book.summary import COLUMNS
+
+    assert set(COLUMNS) - {"chapter"} <= set(h.columns) and "chapter" in h.columns
+    row = h[h["method"] == "student ensemble (k+c), Fashion-MNIST"].iloc[0]
+    assert row["ours"] == pytest.approx(0.85) and row["runs"] == 2
+    assert row["paper"] == pytest.approx(0.9935)  # supplement Table 2, MNIST mean, λ_k = λ_c = 1
+    assert row["Δ"] == pytest.approx(0.85 - 0.9935)
+    others = h[h["method"] != "student ensemble (k+c), Fashion-MNIST"]
+    assert others["ours"].isna().all() and (others["runs"] == 0).all()
+    assert h.loc[h["metric"] == "au_pro", "paper"].iloc[0] == pytest.approx(0.914)
+    with pytest.raises(ConfigError, match="profile"):
+        ch.headline(tmp_path, profile="fast")

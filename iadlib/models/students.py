@@ -9,8 +9,9 @@ The method in four parts, each a function or module below:
 2. **Distillation** (:func:`distill_teacher`, main paper Sec. 3.1) on patches of natural images with
    three switchable losses (:func:`knowledge_distillation_loss` L_k, Eq. 1;
    :func:`metric_learning_loss` L_m, Eq. 2 with hard negative mining; :func:`compactness_loss`
-   L_c, Eq. 3), total ``λ_k L_k + λ_m L_m + λ_c L_c`` with each λ ∈ {0, 1} as in the ✓ columns of
-   the supplement's Tables 2 and 3. The pretrained network is ``efficientnet_lite0`` (ImageNet,
+   L_c, Eq. 3), total ``λ_k L_k + λ_m L_m + λ_c L_c / d`` with each λ ∈ {0, 1} as in the ✓ columns
+   of the supplement's Tables 2 and 3 (``L_c`` per descriptor dimension ``d``: see
+   :func:`distill_teacher` for why). The pretrained network is ``efficientnet_lite0`` (ImageNet,
    offline), standing in for the paper's ResNet-18: a p×p patch is resized to ``target_size`` and
    described by the global average of the last stage (320 channels) — the counterpart of
    ResNet-18's 512-d pooled last layer; the decode layer maps the 128-d descriptor to 320.
