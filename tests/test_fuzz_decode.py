@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from iadlib.data import get_dataset
-from iadlib.data.base import MAX_PIXELS, read_image, read_mask
+from iadlib.data.base import MAX_PIXELS, check_image, read_image, read_mask
 from iadlib.errors import ConfigError, DatasetError
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -367,3 +368,57 @@ def test_folder_dataset_with_a_bomb_image_names_it(tmp_path):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "crack/000.png")
     with pytest.raises(DatasetError, match="000.png"):
         get_dataset("folder", root=root).train.images()
+
+
+# --- round trips of random valid images, and in-memory arrays -------------------------------------
+
+
+@FUZZ
+@given(
+    h=st.integers(1, 24),
+    w=st.integers(1, 24),
+    mode=st.sampled_from(["L", "RGB", "RGBA", "LA", "P", "I;16", "1"]),
+    fmt=st.sampled_from(["PNG", "TIFF"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_lossless_round_trip(tmp_path, h, w, mode, fmt, seed):
+    """Random images of every mode, written losslessly, decode to the documented uint8 values."""
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        raw = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+        im = Image.fromarray(raw)
+        want = np.clip(np.round(raw.astype(np.float64) / 65535 * 255), 0, 255).astype(np.uint8)
+    else:
+        rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+        im = Image.fromarray(rgba, "RGBA").convert(mode)
+        want = np.asarray(im.convert("L" if mode in ("L", "LA", "1") else "RGB"))
+        if mode == "1":
+            want = np.asarray(im).astype(np.uint8) * 255
+    p = tmp_path / f"img.{fmt.lower()}"
+    im.save(p, format=fmt)
+    out = read_image(p)
+    _check_result(out)
+    np.testing.assert_array_equal(out, want)
+
+
+@FUZZ
+@given(
+    arr=st.one_of(
+        hnp.arrays(
+            dtype=st.sampled_from([np.uint8, np.int16, np.int64, np.float32, np.float64, np.bool_, np.uint16]),
+            shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6),
+            elements=None,
+        ),
+        hnp.arrays(dtype=np.complex64, shape=(3, 3)),
+    )
+)
+def test_fuzz_in_memory_arrays(arr):
+    """check_image (used on every array a detector is given): a valid uint8 image or a DatasetError."""
+    try:
+        out = check_image(arr, "array under test")
+    except DatasetError as exc:
+        assert "array under test" in str(exc)
+        return
+    assert out.dtype == np.uint8 and (out.ndim == 2 or (out.ndim == 3 and out.shape[2] == 3)) and out.size > 0
+    if arr.dtype == np.uint8 and arr.ndim == 2:
+        np.testing.assert_array_equal(out, arr)
