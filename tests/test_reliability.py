@@ -292,6 +292,45 @@ def test_corrupt_record_is_skipped_and_recomputed(tmp_path):
     assert json.loads(path.read_text())["metrics"] == again["metrics"]
 
 
+SYNTH_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import iadlib.data.synth as S
+    from iadlib.data import get_dataset
+    calls = [0]
+    real = S._save_png
+    def save(arr, path):
+        calls[0] += 1
+        if calls[0] == 6:  # a torn PNG, then the kill
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(20))
+            print("STOP", flush=True)
+            time.sleep(600)
+        real(arr, path)
+    S._save_png = save
+    get_dataset("synth_textures", category="brick", root=sys.argv[1], seed=1, image_size=64, n_train=3,
+                n_test_good=2, n_test_defect=4)
+    print("DONE", flush=True)
+    """
+)
+
+
+def test_dataset_generation_killed_midway_is_regenerated(tmp_path):
+    """A synthetic benchmark whose generation was SIGKILLed is not read half-written: it is generated again."""
+    script = tmp_path / "gen.py"
+    script.write_text(SYNTH_CHILD)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    _kill_at_stop(proc)
+    cfg = dict(category="brick", seed=1, image_size=64, n_train=3, n_test_good=2, n_test_defect=4)
+    ds = get_dataset("synth_textures", root=tmp_path / "data", cache=True, **cfg)
+    fresh = get_dataset("synth_textures", root=tmp_path / "fresh", cache=True, **cfg)
+    assert len(ds.train) == 3 and len(ds.test) == 6
+    for a, b in zip(list(ds.train) + list(ds.test), list(fresh.train) + list(fresh.test)):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
 SAVER = textwrap.dedent(
     """
     import sys
