@@ -13,12 +13,15 @@ killed run left. Unknown method or dataset names fail at once, before any data i
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import data as _data
+from . import models as _models
 from .data import get_dataset, list_datasets
 from .data.base import ADDataset, Split
 from .errors import ConfigError
@@ -99,6 +102,9 @@ def run_experiment(
         raise ConfigError(f"unknown dataset {dataset!r}; valid: {', '.join(list_datasets())}")
     model_cfg = dict(model_cfg or {})
     dataset_cfg = dict(dataset_cfg or {})
+    _check_options(f"model {method!r}", _models._MODELS[method], model_cfg, seed=seed, device=device)
+    if isinstance(dataset, str):
+        _check_options(f"dataset {dataset!r}", _data._DATASETS[dataset], dataset_cfg, seed=seed)
     ds_name = dataset if isinstance(dataset, str) else dataset.name
     category = dataset_cfg.get("category") if isinstance(dataset, str) else dataset.category
     params = {
@@ -160,6 +166,21 @@ def run_experiment(
         "timestamp_unix": time.time(),
     }
     return store.put(chapter, params, metrics, extra, device=device)
+
+
+def _check_options(what: str, factory: Any, cfg: dict[str, Any], **fixed: Any) -> None:
+    """Raise :class:`ConfigError` naming the unknown options of ``factory`` (and the valid ones)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    try:
+        sig.bind(**{**cfg, **fixed})
+    except TypeError as exc:
+        valid = [n for n, p in sig.parameters.items() if n not in fixed and p.kind is not p.VAR_POSITIONAL]
+        raise ConfigError(f"bad configuration for {what}: {exc}; valid options: {', '.join(valid)}") from exc
 
 
 def _example_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -111,6 +111,14 @@ BAD_PARAMETERS = [
     (get_dataset, {"name": "elpv", "category": "mono2"}, "category 'mono2'; valid: mono, poly"),
     (run_experiment, {"chapter": "t", "method": "patchcor", "dataset": "synth_textures"}, "unknown method 'patchcor'"),
     (run_experiment, {"chapter": "t", "method": "patchcore", "dataset": "mvtec"}, "unknown dataset 'mvtec'"),
+    (run_experiment, {"chapter": "t", "method": "unet_ae", "dataset": "synth_textures", "model_cfg": {"epoch": 3}},
+     "bad configuration for model 'unet_ae': got an unexpected keyword argument 'epoch'; valid options: "
+     "image_size, batch_size, epochs"),
+    (run_experiment, {"chapter": "t", "method": "unet_ae", "dataset": "synth_textures",
+                      "dataset_cfg": {"categry": "brick"}}, "unexpected keyword argument 'categry'; valid options: "
+                                                            "category, root"),
+    (run_experiment, {"chapter": "t", "method": "unet_ae", "dataset": "synth_textures",
+                      "dataset_cfg": {"category": "bricks"}}, "category 'bricks'; valid: brick, grass"),
     (resolve_device, {"device": "cuda0"}, "unknown device 'cuda0'"),
 ]
 
@@ -126,6 +134,7 @@ NOT_YET_VALIDATED = [
 
 def _case(f, kw, message, marks=()):
     ident = f"{f.__module__.rsplit('.', 1)[-1]}.{f.__name__}-{'-'.join(map(str, kw.values()))}"
+    ident = "".join(c if c.isalnum() or c in "._-" else "_" for c in ident)
     return pytest.param(f, kw, message, id=ident, marks=marks)
 
 
