@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from iadlib.data import Split
 from iadlib.errors import ConfigError, DatasetError
 from iadlib.models import get_model, load_model
 from iadlib.models.autoencoders import AutoencoderDetector, MixerAE
+from iadlib.models.base import images_to_tensor
 
 SIZE = 48
 FAST = dict(image_size=SIZE, width=1 / 16, batch_size=8, device="cpu", seed=0)
@@ -107,6 +110,41 @@ def test_mixer_classifies_categories_and_uses_their_thresholds(tmp_path):
     np.testing.assert_allclose(p2.score, p.score, rtol=1e-5)
     rec = ck.reconstruct(test[:2])
     assert rec.shape == (2, SIZE, SIZE, 3) and rec.min() >= 0 and rec.max() <= 1
+
+
+def test_mixer_on_very_different_categories_routes_and_flags():
+    """Regression for the quick profile's 0.4 classifier accuracy: the training data are stored
+    category by category, and precise BatchNorm used to re-estimate the statistics from batches taken
+    in that order (one category each), missing the between-category variance; the evaluation-mode
+    network then differed from the trained one (reconstruction errors ×3, classifier near chance
+    although it was perfect on the training batches). Three categories as different as a dark photo,
+    a texture and a bright inverted texture must be named almost always on held-out crops, the
+    evaluation-mode errors on the training images must match the training-time ones, and Algorithm 1
+    must flag pasted defects far more often than normal crops."""
+    cats = {"moon": skdata.moon() // 3, "grass": skdata.grass(), "bright": 255 - skdata.brick() // 4}
+    train = {name: _crops(img, 24, 10 + k) for k, (name, img) in enumerate(cats.items())}
+    model = get_model("mixer_ae", epochs=8, lr=2e-3, **FAST)
+    model.fit_multi(train)  # without validation: every epoch runs, precise BN after the last one
+    test = np.concatenate([_crops(img, 10, 40 + k) for k, img in enumerate(cats.values())])
+    truth = np.repeat(np.arange(3), 10)
+    p = model.predict_multi(test)
+    acc = float(np.mean(p.category_index == truth))
+    assert acc >= 0.8, acc  # chance 1/3; before the fix 0.37
+    # evaluation mode (precise-BN statistics) = training mode on one batch holding every image
+    ae = copy.deepcopy(model.ae).train()
+    x = images_to_tensor(np.concatenate(list(train.values())), SIZE) * 2 - 1
+    with torch.no_grad():
+        _, x_hat = ae(x)
+    err_batch = (x - x_hat).pow(2).flatten(1).mean(1).numpy()
+    err_eval = np.concatenate([model.predict_multi(t).score for t in train.values()])
+    for k in range(3):  # before the fix: ×3.4 on the bright category
+        sel = slice(24 * k, 24 * (k + 1))
+        assert err_eval[sel].mean() == pytest.approx(err_batch[sel].mean(), rel=0.25), list(cats)[k]
+    assert np.median(np.abs(err_eval / err_batch - 1)) < 0.2
+    bad = np.concatenate([_with_defect(_crops(img, 10, 60 + k), k) for k, img in enumerate(cats.values())])
+    flag_bad = float(model.predict_multi(bad).decision.mean())
+    flag_good = float(p.decision.mean())
+    assert flag_bad >= 0.6 and flag_good <= 0.3 and flag_bad - flag_good >= 0.5, (flag_good, flag_bad)
 
 
 def test_table1_arch_and_structural_losses_train():

@@ -200,6 +200,27 @@ def _benchmark_params(profile: str) -> dict[str, Any]:
     }
 
 
+def variant_params(variant: str, profile: str = "quick", seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """The record parameters of one Table 3 variant (its store key)."""
+    cfg = model_config(variant, profile)
+    return {
+        "paper": PAPER, "table": "Table 3", "method": variant, "model": "mixer_ae" if cfg["mixer"] else "cae",
+        "model_cfg": cfg, "benchmark": _benchmark_params(profile), "profile": profile, "seed": seed,
+        "device": resolve_device(device).type,
+    }  # fmt: skip
+
+
+def ensemble_params(
+    member_keys: list[str], profile: str = "quick", seed: int = 0, device: str = "auto"
+) -> dict[str, Any]:
+    """The record parameters of the Eq. 10 ensemble over the members with these record keys."""
+    return {
+        "paper": PAPER, "table": "Table 3", "method": ENSEMBLE, "members": sorted(member_keys),
+        "weights": "validation F1 (Eq. 10)", "benchmark": _benchmark_params(profile), "profile": profile,
+        "seed": seed, "device": resolve_device(device).type,
+    }  # fmt: skip
+
+
 def model_config(variant: str, profile: str) -> dict[str, Any]:
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -243,11 +264,7 @@ def run_variant(
     """Train one Table 3 variant on all categories at once, evaluate it per category, record it."""
     store = store or ResultStore()
     cfg = model_config(variant, profile)
-    params = {
-        "paper": PAPER, "table": "Table 3", "method": variant, "model": "mixer_ae" if cfg["mixer"] else "cae",
-        "model_cfg": cfg, "benchmark": _benchmark_params(profile), "profile": profile, "seed": seed,
-        "device": resolve_device(device).type,
-    }  # fmt: skip
+    params = variant_params(variant, profile, seed, device)
     key = experiment_key(params)
     pred_path = store.root / CHAPTER / f"{key}.npz"
     ckpt_path = store.root / CHAPTER / f"{key}.pt"
@@ -322,12 +339,7 @@ def run_ensemble(
     member's F1 on the validation split (normalised), the paper's "weights normalized according to
     performance metrics"."""
     store = store or ResultStore()
-    params = {
-        "paper": PAPER, "table": "Table 3", "method": ENSEMBLE,
-        "members": sorted(r["key"] for r in members.values()),
-        "weights": "validation F1 (Eq. 10)", "benchmark": _benchmark_params(profile), "profile": profile,
-        "seed": seed, "device": resolve_device(device).type,
-    }  # fmt: skip
+    params = ensemble_params([r["key"] for r in members.values()], profile, seed, device)
     if not force:
         done = store.get(CHAPTER, params)
         if done is not None:
@@ -384,6 +396,56 @@ def run(
     if len(out) >= 2:
         out[ENSEMBLE] = run_ensemble(out, bench, profile, seed, device, store, force)
     return out
+
+
+def stored(
+    profile: str = "quick", seed: int = 0, device: str = "auto", results_dir: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The finished records of the profile's current grid, read from the store (nothing is run);
+    ``{variant: record}`` for the variants found, plus the ensemble when all its members are there."""
+    get_profile(PROFILES, profile)
+    store = ResultStore(results_dir)
+    out: dict[str, dict[str, Any]] = {}
+    for v in VARIANTS:
+        rec = store.get(CHAPTER, variant_params(v, profile, seed, device))
+        if rec is not None:
+            out[v] = rec
+    if len(out) == len(VARIANTS):
+        rec = store.get(CHAPTER, ensemble_params([r["key"] for r in out.values()], profile, seed, device))
+        if rec is not None:
+            out[ENSEMBLE] = rec
+    return out
+
+
+def headline(
+    results_dir: str | None = None, profile: str = "quick", device: str = "auto", seed: int = 0
+) -> pd.DataFrame:
+    """The chapter's headline for the book's front page: per Table 3 row the class-averaged F1 of
+    the thresholded decisions (Eq. 6, Algorithm 1) from the store, beside the paper's F on MVTec AD
+    (``book/reported/mixer_ae.csv``), plus the Mixer's category-classifier accuracy (the paper:
+    "0.99 F1 score in most of our trainings", §4; no table number). Empty when not run yet."""
+    cols = ["chapter", "method", "dataset", "metric", "ours", "paper", "paper_dataset", "n_categories",
+            "substitution"]  # fmt: skip
+    recs = stored(profile, seed, device, results_dir)
+    if not recs:
+        return pd.DataFrame(columns=cols)
+    rep = load_reported(REPORTED)
+    rep = rep[(rep["table"] == "Table 3") & (rep["metric"] == "F")].set_index("method")["value"]
+    cats = [category_name(d, c) for d, c, _ in PROFILES[profile]["categories"]]
+    dataset = ", ".join(f"{d}/{c}" for d, c, _ in PROFILES[profile]["categories"])
+    base = {"chapter": CHAPTER, "dataset": dataset, "n_categories": len(cats), "substitution": _substitution(profile)}
+    rows = []
+    for v in [*VARIANTS, ENSEMBLE]:
+        if v not in recs:
+            continue
+        m = recs[v]["metrics"]
+        rows.append({**base, "method": v, "metric": "f1 (class mean)", "ours": float(m["f1"]),
+                     "paper": float(rep[v]) if v in rep.index else float("nan"),
+                     "paper_dataset": "mvtec_ad" if v in rep.index else ""})  # fmt: skip
+        if "class_acc" in m:
+            rows.append({**base, "method": v, "metric": "mixer classifier accuracy", "ours": float(m["class_acc"]),
+                         "paper": float("nan"), "paper_dataset": ""})  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -604,6 +666,7 @@ def copy_profile(profile: str) -> dict[str, Any]:
 
 __all__ = [
     "CHAPTER", "ENSEMBLE", "PROFILES", "VARIANTS", "CategoryData", "benchmark_table", "best_mixer",
+    "ensemble_params", "headline", "stored", "variant_params",
     "load_benchmark", "plot_reconstructions", "plot_test_scores", "plot_training_scores", "records_frame",
     "reported_table4", "run", "run_ensemble", "run_variant", "table3", "table4", "table4_side_by_side",
     "scores_frame", "training_scores_frame",

@@ -211,14 +211,17 @@ class LatentClassifier(nn.Module):
         hidden: tuple[int, int] = (256, 128),
         dropout: float = 0.3,
         conv_channels: int = 32,
+        pool: int = 4,
     ):
         super().__init__()
+        if pool < 1:
+            raise ConfigError(f"the Mixer classifier's pooled size must be >= 1, got {pool}")
         if n_classes < 1:
             raise ConfigError(f"the Mixer classifier needs at least one class, got {n_classes}")
         layers: list[nn.Module] = []
         if len(latent_shape) == 3:
             c, s, _ = latent_shape
-            pool = max(1, min(4, s - 2))
+            pool = max(1, min(pool, s - 2))
             layers += [
                 nn.Conv2d(c, conv_channels, 3, 1, 0),
                 nn.ReLU(inplace=True),
@@ -574,6 +577,7 @@ class AutoencoderDetector(Detector):
         mixer: bool = False,
         ce_weight: float = 3.0,
         dropout: float = 0.3,
+        classifier_pool: int = 4,
         alpha: float = 0.5,
         beta: float = 0.5,
         epochs: int = 100,
@@ -601,10 +605,12 @@ class AutoencoderDetector(Detector):
         self.config.update(
             arch=arch, width=width, latent_dim=latent_dim, loss=loss, noise_std=noise_std,
             contractive=contractive, n_projections=n_projections, mixer=mixer, ce_weight=ce_weight,
-            dropout=dropout, alpha=alpha, beta=beta, epochs=epochs, lr=lr, eps=eps, patience=patience,
-            lr_patience=lr_patience, lr_factor=lr_factor, precise_bn=precise_bn, verbose=verbose,
+            dropout=dropout, classifier_pool=classifier_pool, alpha=alpha, beta=beta, epochs=epochs, lr=lr,
+            eps=eps, patience=patience, lr_patience=lr_patience, lr_factor=lr_factor, precise_bn=precise_bn,
+            verbose=verbose,
         )
         ClassThresholds(1, alpha, beta)  # validates alpha/beta now
+        seed_everything(seed)  # the initial weights (§3.7's N(0, 0.02)) depend on the seed only
         self.ae = build_autoencoder(arch, self.image_size, width, latent_dim).to(self.device)
         self.classifier: LatentClassifier | None = None
         self.categories: list[str] = []
@@ -615,7 +621,9 @@ class AutoencoderDetector(Detector):
         c = self.config
         self.categories = self.categories or [str(i) for i in range(n_classes)]
         self.classifier = (
-            LatentClassifier(tuple(self.ae.latent_shape), n_classes, dropout=c["dropout"]).to(self.device)
+            LatentClassifier(
+                tuple(self.ae.latent_shape), n_classes, dropout=c["dropout"], pool=c["classifier_pool"]
+            ).to(self.device)
             if c["mixer"]
             else None
         )
@@ -711,7 +719,11 @@ class AutoencoderDetector(Detector):
                 loss = rec.mean() + c["contractive"] * jac_term
                 ce = torch.zeros((), device=self.device)
                 if self.classifier is not None:
-                    logits = self.classifier(h)
+                    # Algorithm 1 classifies the latent code of the *clean* image; under the
+                    # denoising corruption (Eq. 7) the classifier is trained on that code too
+                    # (noise v = 0.3 erases the fine texture that tells similar categories apart).
+                    h_cls = h if c["noise_std"] <= 0 else self.ae.encoder(x)
+                    logits = self.classifier(h_cls)
                     ce = F.cross_entropy(logits, y)
                     loss = loss + c["ce_weight"] * ce
                     sums["acc"] += float((logits.argmax(1) == y).float().sum())
@@ -782,10 +794,17 @@ class AutoencoderDetector(Detector):
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average = the exact mean over the batches
         self.ae.train()
-        for i in range(0, len(data), self.batch_size):
-            x = _to_unit_range(data[i : i + self.batch_size].to(self.device).float() / 255.0)
-            if len(x) > 1:
-                self.ae(x)
+        # Training batches are drawn at random from every category; the training data are stored
+        # category by category, so batches taken in order would hold one category each and their
+        # averaged variances would miss the between-category variance the training-mode network
+        # was normalised with (the evaluation-mode features then come out several times too large).
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed + 2))
+        bs = min(self.batch_size, len(data))
+        for i in range(0, len(perm), bs):
+            idx = perm[i : i + bs]
+            if len(idx) < 2:
+                continue
+            self.ae(_to_unit_range(data[idx].to(self.device).float() / 255.0))
         for m, mom in zip(bns, saved):
             m.momentum = mom
 
