@@ -146,7 +146,7 @@ def check_loss(
     if not math.isfinite(val):
         if last_good is None:
             det = _TRAINING.get()
-            last_good = det._last_good if det is not None else NO_CHECKPOINT
+            last_good = getattr(det, "_last_good", NO_CHECKPOINT)
         last_good = str(last_good)
         err = TrainingError(
             f"{model or 'training'} diverged: loss is {val} at step {step}; last good checkpoint: {last_good}; "
