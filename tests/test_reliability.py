@@ -179,6 +179,35 @@ def test_papermill_run_with_unknown_profile_fails_in_the_first_cells(tmp_path):
     assert not list((tmp_path / "results").rglob("*.json")) if (tmp_path / "results").exists() else True
 
 
+NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("99"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_notebook_stops_at_a_bad_profile_before_training(name, no_training, tmp_path, request, monkeypatch):
+    """Each chapter notebook's code cells, run in order with ``profile="fast"``: a ConfigError listing
+    the profiles comes before any training (cells run in-process, shell and magic lines dropped)."""
+    if name.startswith("01_"):
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="01_uninformed_students.ipynb reads ch.PROFILES[profile] before validating "
+            "it (KeyError); its first code cell needs ch.check_run_args(ch.PROFILES, profile, ...)",
+        ))  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)
+    nb = json.loads((REPO / "notebooks" / name).read_text())
+    ns: dict = {}
+    with pytest.raises(ConfigError, match=f"unknown profile 'fast'; valid: {PROFILES}"):
+        for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
+            src = "".join(cell["source"])
+            if "parameters" in cell.get("metadata", {}).get("tags", []):
+                exec(src, ns)
+                ns.update(profile="fast", results_dir=str(tmp_path / "results"))
+                continue
+            exec("\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!"))), ns)
+    assert not list(tmp_path.rglob("*.json"))
+
+
 # --- 2. killed runs: no partial record, clean rerun -------------------------------------------------
 
 # The child runs run_experiment on the tiny dataset and stops (sleeps) at one point, announced on
