@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import socket
 import tempfile
 import threading
 import time
@@ -19,6 +20,10 @@ from .errors import ConfigError
 
 #: Suffix of the temporary files of :func:`atomic_path` (never read as results or checkpoints).
 TEMP_SUFFIX = ".tmp"
+#: This machine's name as written into temp-file names (letters, digits and ``-`` only, no dots).
+_HOST = "".join(c if c.isalnum() else "-" for c in socket.gethostname().split(".")[0]) or "host"
+#: Age after which another host's temp file counts as left behind by a killed writer.
+STALE_SECONDS = 24 * 3600
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -57,7 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -83,14 +88,23 @@ def _pid_alive(pid: int) -> bool:
 def stale_temp_files(folder: str | os.PathLike, name: str = "*") -> list[Path]:
     """Temp files :func:`atomic_path` left in ``folder`` for target ``name`` by processes that died.
 
-    Their names carry the writer's pid (``.<name>.<pid>.<random>.tmp``): those of live processes
-    are still being written and are not listed.
+    Their names carry the writer's host and pid (``.<name>.<host>-<pid>.<random>.tmp``): those of
+    live processes on this host are still being written and are not listed; those of other hosts
+    (a results folder shared by grid workers) only once they are older than :data:`STALE_SECONDS`.
     """
     out = []
+    now = time.time()
     for f in Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"):
         parts = f.name[: -len(TEMP_SUFFIX)].split(".")
-        pid = parts[-2] if len(parts) >= 3 else ""
-        if not pid.isdigit() or not _pid_alive(int(pid)):
+        host, _, pid = (parts[-2] if len(parts) >= 3 else "").rpartition("-")
+        if host == _HOST and pid.isdigit():
+            stale = not _pid_alive(int(pid))
+        else:
+            try:
+                stale = now - f.stat().st_mtime > STALE_SECONDS
+            except OSError:  # removed meanwhile
+                continue
+        if stale:
             out.append(f)
     return out
 
