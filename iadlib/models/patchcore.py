@@ -1,8 +1,9 @@
 """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
 
 1. Locally aware patch features (§3.1): mid-level feature maps of two backbone stages, each
-   averaged over a p×p neighbourhood (p = 3, Eq. 1–2), the deeper one bilinearly upsampled to the
-   finer grid, concatenated per position.
+   averaged over a p×p neighbourhood (p = 3, Eq. 1–2; zero padding at the border, as the official
+   code's unfold does), the deeper one bilinearly upsampled to the finer grid, concatenated per
+   position.
 2. Memory bank ``M`` of all training patches, reduced by greedy k-center coreset selection
    (§3.2, Alg. 1) on a random projection (Johnson–Lindenstrauss, d* = 128).
 3. Scoring (§3.3, Eq. 6–7): each test patch scores its distance to the nearest memory patch;
@@ -12,9 +13,11 @@
 4. Segmentation: the patch-score grid is bilinearly upsampled and smoothed by a Gaussian (σ = 4).
 
 Speed (see ``benchmarks/bench_patchcore.py``): bf16 autocast + channels_last for the backbone,
-exact greedy coreset with triangle-inequality pruning (:func:`iadlib.kernels.greedy_coreset`),
-blocked matrix-product nearest neighbours (torch) or a faiss index (``search="faiss"``; a GPU
-index when CUDA is present and faiss has GPU support).
+exact greedy coreset with triangle-inequality and projection pruning
+(:func:`iadlib.kernels.greedy_coreset`), blocked matrix-product nearest neighbours (torch; bf16
+candidates re-ranked in float32 where the hardware has fast bf16, ``knn_precision``) or a faiss
+index (``search="faiss"``; a GPU index when CUDA is present and faiss has GPU support). Fit checks
+that the memory bank fits in memory before building it and says how much it needs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import load_backbone
 from ..errors import ConfigError
-from ..kernels import greedy_coreset, knn, random_projection
+from ..kernels import greedy_coreset, knn, random_projection, require_memory
 from . import register_model
 from .base import Detector, gaussian_blur, iter_batches, upsample_maps
 
@@ -53,6 +56,7 @@ class PatchCore(Detector):
         max_train_images: int = 2000,
         amp: bool = True,
         search: str = "torch",
+        knn_precision: str = "auto",
         weights: str | None = None,
         image_size: int | None = None,
         device: str = "auto",
@@ -65,6 +69,8 @@ class PatchCore(Detector):
             raise ConfigError(f"coreset_ratio must lie in (0, 1], got {coreset_ratio}")
         if search not in ("torch", "faiss"):
             raise ConfigError(f"search={search!r}; valid: 'torch', 'faiss'")
+        if knn_precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"knn_precision={knn_precision!r}; valid: 'auto', 'fp32', 'bf16'")
         self.config.update(
             backbone=backbone,
             layers=list(layers),
@@ -77,6 +83,7 @@ class PatchCore(Detector):
             max_train_images=max_train_images,
             amp=amp,
             search=search,
+            knn_precision=knn_precision,
             weights=weights,
         )
         self.verbose = verbose
@@ -95,18 +102,29 @@ class PatchCore(Detector):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             feats = self.backbone(x)
         feats = [f.float() for f in feats]
-        feats = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) for f in feats]
+        feats = [F.avg_pool2d(f, p, stride=1, padding=p // 2) for f in feats]
         size = feats[0].shape[-2:]
         feats = [feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
         return torch.cat(feats, 1).contiguous()
 
     def _embed_all(self, images: list[np.ndarray], desc: str) -> torch.Tensor:
-        out = []
+        """Patch features of all images as rows ``[N·h·w, C]``, written into one preallocated bank."""
+        bank = None
         batches = iter_batches(images, self.batch_size, self.image_size, self.device)
         total = (len(images) + self.batch_size - 1) // self.batch_size
+        row = 0
         for x in tqdm(batches, total=total, desc=desc, disable=not self.verbose):
-            out.append(self.embed(x))
-        return torch.cat(out)
+            f = self.embed(x)
+            B, C, h, w = f.shape
+            if bank is None:
+                n_rows = len(images) * h * w
+                # the bank, its projection and the coreset's working copies (≈ 2.5 × the bank)
+                what = f"patchcore memory bank ({n_rows} patches × {C})"
+                require_memory(int(2.5 * n_rows * C * 4), what, self.device)
+                bank = torch.empty(n_rows, C, device=self.device)
+            bank[row : row + B * h * w] = f.permute(0, 2, 3, 1).reshape(-1, C)
+            row += B * h * w
+        return bank
 
     # --- fit -----------------------------------------------------------------------------------
     def _fit(self, images: list[np.ndarray]) -> None:
@@ -114,14 +132,13 @@ class PatchCore(Detector):
         if cap and len(images) > cap:  # MIAD A.2.2: at most 2000 randomly sampled training images
             rng = np.random.default_rng(self.seed)
             images = [images[i] for i in np.sort(rng.choice(len(images), cap, replace=False))]
-        feats = self._embed_all(images, "patchcore features")
-        bank = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
-        del feats
+        bank = self._embed_all(images, "patchcore features")
         n = max(1, int(round(self.config["coreset_ratio"] * bank.shape[0])))
         if n < bank.shape[0]:
             proj = random_projection(bank, self.config["projection_dim"], seed=self.seed)
             start = int(torch.randint(bank.shape[0], (1,), generator=torch.Generator().manual_seed(self.seed)))
             idx = greedy_coreset(proj, n, start=start, progress=self.verbose)
+            del proj
             bank = bank[idx]
         self.memory_bank = bank.contiguous()
         self._index = None
@@ -138,7 +155,18 @@ class PatchCore(Detector):
             d = torch.from_numpy(d).clamp_(min=0).sqrt_().to(features.device)
             i = torch.from_numpy(i).to(features.device)
             return (d[:, 0], i[:, 0]) if k == 1 else (d, i)
-        return knn(features, self.memory_bank, k=k)
+        return knn(features, self.memory_bank, k=k, precision=self._precision())
+
+    def _precision(self) -> str:
+        p = self.config["knn_precision"]
+        if p != "auto":
+            return p
+        if self.device.type == "cuda":
+            return "bf16"
+        try:  # bf16 pays off only with native bf16 instructions (AVX512-BF16 / AMX)
+            return "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
+        except AttributeError:  # pragma: no cover - older torch
+            return "fp32"
 
     def _faiss_index(self):
         if self._index is None:
