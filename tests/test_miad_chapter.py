@@ -122,3 +122,19 @@ def test_notebook_smoke(tmp_path):
     store = ResultStore(res)
     for cell in miad.cells("smoke"):  # cell_params is the identity run_experiment stored
         assert store.get(miad.CHAPTER, miad.cell_params(cell)) is not None
+
+
+def test_unified_train_sets_per_profile(two_category_profile, monkeypatch):
+    _, jobs = miad.unified_jobs("smoke")
+    assert {tuple(p["train_set"]) for _, p in jobs} == {("synth_textures/brick", "synth_textures/grass")}
+    # full: one model per dataset (MIAD's scenarios, MVTec AD's classes), as in the UniAD paper
+    assert miad.PROFILES["full"]["unified_by"] == "dataset"
+    prof = dict(two_category_profile, unified_by="dataset")
+    prof["datasets"] = [*prof["datasets"], ("elpv", {"category": "mono"})]
+    monkeypatch.setitem(miad.PROFILES, "smoke", prof)
+    sets = {(p["dataset"], p["category"]): p["train_set"] for _, p in miad.unified_jobs("smoke")[1]}
+    assert sets[("elpv", "mono")] == ["elpv/mono"]
+    assert sets[("synth_textures", "grass")] == ["synth_textures/brick", "synth_textures/grass"]
+    monkeypatch.setitem(miad.PROFILES, "smoke", dict(prof, unified_by="category"))
+    with pytest.raises(ConfigError, match="unified_by"):
+        miad.unified_jobs("smoke")

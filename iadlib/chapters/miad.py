@@ -86,6 +86,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # the appendix' settings (A.2.1–A.2.6); datasets found through environment variables
     "full": {
         "datasets": "miad+mvtec_ad",
+        "unified_by": "dataset",  # one UniAD for MIAD's scenarios, one for MVTec AD's classes
         "methods": {
             "reverse_distillation": {"image_size": 256, "epochs": 200, "batch_size": 32, "lr": 0.005,
                                      "backbone": "wide_resnet50_2", "layers": (1, 2, 3)},
@@ -333,13 +334,22 @@ def unified_config(profile: str) -> dict[str, Any]:
 def unified_jobs(
     profile: str = "quick", seed: int = 0, device: str = "auto"
 ) -> tuple[dict[str, Any], list[tuple[CappedDataset, dict[str, Any]]]]:
-    """The unified UniAD's model configuration and, per category, ``(dataset, record params)``."""
+    """The unified UniAD's model configuration and, per category, ``(dataset, record params)``.
+
+    ``params["train_set"]`` lists the categories whose training sets the category's model is fitted
+    on: all of the profile's categories (``unified_by="all"``, quick/smoke), or all categories of the
+    same dataset (``unified_by="dataset"``, full: one model for MIAD's scenarios, one for MVTec AD's
+    fifteen classes, as in the UniAD paper).
+    """
     datasets, _, _ = plan(profile, ["uniad"])
     cfg = unified_config(profile)
+    by = get_profile(PROFILES, profile).get("unified_by", "all")
+    if by not in ("all", "dataset"):
+        raise ConfigError(f"{profile}: unified_by={by!r}; valid: 'all', 'dataset'")
     members = [(n, c, *chapter_dataset(profile, n, c, seed)) for n, c in datasets]
-    train_set = [f"{n}/{c.get('category')}" for n, c, _, _ in members]
     jobs = []
     for name, cfg_ds, dataset, record_cfg in members:
+        train_set = [f"{n}/{c.get('category')}" for n, c, _, _ in members if by == "all" or n == name]
         if isinstance(dataset, str):  # nothing capped: the loader's dataset as it is, built lazily
             dataset = CappedDataset(name, cfg_ds, seed=seed)
         params = {
@@ -360,7 +370,8 @@ def run_unified(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """UniAD's own protocol (You et al. 2022, §4.1): **one** model fitted on the union of the
-    profile's categories' training sets, then evaluated on each category's test set.
+    profile's categories' training sets (per dataset in ``full``, see :func:`unified_jobs`), then
+    evaluated on each category's test set.
 
     Writes one record per category to the :class:`ResultStore` the way :func:`run_experiment` does
     (parameters with ``"method": "uniad_unified"``, ``"protocol": "unified"`` and the ``train_set``;
@@ -369,8 +380,21 @@ def run_unified(
     """
     store = ResultStore(results_dir)
     cfg, jobs = unified_jobs(profile, seed, device)
-    if not jobs:
-        return []
+    groups: dict[tuple[str, ...], list] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job[1]["train_set"]), []).append(job)
+    return [rec for group in groups.values() for rec in _run_unified_group(group, cfg, store, force, device, seed)]
+
+
+def _run_unified_group(
+    jobs: list[tuple[CappedDataset, dict[str, Any]]],
+    cfg: dict[str, Any],
+    store: ResultStore,
+    force: bool,
+    device: str,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One UniAD fitted on the training sets of ``jobs``' categories, one record per category."""
     if not force:
         done = [store.get(CHAPTER, params) for _, params in jobs]
         if all(d is not None and Path(d["extra"].get("predictions", "")).is_file() for d in done):
