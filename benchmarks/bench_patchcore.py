@@ -57,9 +57,8 @@ def main() -> None:
         imgs = ds.train.images()
         with PeakMemory() as mem:
             t0 = time.perf_counter()
-            feats = model._embed_all(imgs, "features")
+            bank = model._embed_all(imgs, "features")
             t_feat = time.perf_counter() - t0
-            bank = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
             n = int(round(ratio * bank.shape[0]))
             t1 = time.perf_counter()
             proj = random_projection(bank, 128, seed=0)

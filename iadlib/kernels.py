@@ -13,8 +13,11 @@ import torch
 
 from .errors import ConfigError, ResourceError
 
-#: Upper bound of the working memory of one distance block (bytes); cache- and RAM-friendly.
+#: Upper bound of the working memory of one distance block (bytes).
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+#: Preferred size of one distance block (bytes): small enough to stay in the CPU's last-level
+#: cache between the matrix product that writes it and the reduction that reads it.
+CACHE_BLOCK_BYTES = 4 * 2**20
 
 
 def available_memory(device: torch.device | str = "cpu") -> int:
@@ -86,34 +89,68 @@ def knn(
     queries = queries.to(bank.dtype)
     if chunk_bytes is None:
         chunk_bytes = chunk_budget(bank.device)
-    rows = max(1, chunk_bytes // (4 * bank.shape[0]))
+    block = chunk_bytes if bank.device.type == "cuda" else min(chunk_bytes, CACHE_BLOCK_BYTES)
+    rows = max(min(256, chunk_bytes // (4 * bank.shape[0])), block // (4 * bank.shape[0]), 1)
     if precision == "bf16":
         r = min(max(k, rerank), bank.shape[0])
         mean = bank.mean(0, keepdim=True)
         bank_c = bank - mean
         b_sq = (bank_c * bank_c).sum(1)
-        bank_lp = bank_c.to(torch.bfloat16)
+        bank_lpT = bank_c.to(torch.bfloat16).T.contiguous()
+        b_sq_lp = b_sq.to(torch.bfloat16)[None, :]
+        b_norm_max = float(b_sq.max().sqrt())
     else:
         b_sq = (bank * bank).sum(1)
     dists, idxs = [], []
     for s in range(0, queries.shape[0], rows):
         q = queries[s : s + rows]
-        if precision == "bf16":
+        if precision == "bf16" and k == 1:
+            v, i = _nearest_bf16(q, q - mean, bank, bank_lpT, b_sq_lp, b_norm_max)
+        elif precision == "bf16":
             qc = q - mean
-            approx = (qc.to(torch.bfloat16) @ bank_lp.T).float()
-            approx.mul_(-2.0).add_(b_sq[None, :]).add_((qc * qc).sum(1, keepdim=True))
+            approx = torch.addmm(b_sq_lp, qc.to(torch.bfloat16), bank_lpT, beta=1.0, alpha=-2.0)
             _, cand = approx.topk(r, dim=1, largest=False)
             d = (bank[cand] - q[:, None, :]).pow_(2).sum(2)  # exact float32, [m, r]
             v, j = d.topk(k, dim=1, largest=False)
             i = cand.gather(1, j)
-        else:
-            d = sq_dists(q, bank, b_sq)
+        else:  # ‖b‖² − 2 q·b in one matrix product; ‖q‖² is added to the k winners only
+            d = torch.addmm(b_sq[None, :], q, bank.T, beta=1.0, alpha=-2.0)
             v, i = d.topk(k, dim=1, largest=False) if k > 1 else d.min(1, keepdim=True)
+            v = v + (q * q).sum(1, keepdim=True)
         dists.append(v)
         idxs.append(i)
     dist = torch.cat(dists).clamp_(min=0).sqrt_()
     idx = torch.cat(idxs)
     return (dist[:, 0], idx[:, 0]) if k == 1 else (dist, idx)
+
+
+def _nearest_bf16(
+    q: torch.Tensor,
+    qc: torch.Tensor,
+    bank: torch.Tensor,
+    bank_lpT: torch.Tensor,
+    b_sq_lp: torch.Tensor,
+    b_norm_max: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact nearest neighbour (squared distance, index) of each row of ``q`` via a bf16 pre-selection.
+
+    ``a = ‖b‖² − 2 q·b`` is computed in bfloat16 on mean-centred data. Its error is at most
+    ``ε = 2⁻⁷ (‖b‖²_max + 2 ‖q‖ ‖b‖_max)`` (8-bit mantissas of the inputs and of the result), so every
+    bank row within ``2ε`` of a row's bf16 minimum is a candidate, and the true nearest neighbour is
+    always among them. Candidates get their distance in float32; the smallest wins (ties: lowest index).
+    """
+    approx = torch.addmm(b_sq_lp, qc.to(torch.bfloat16), bank_lpT, beta=1.0, alpha=-2.0)
+    amin = approx.min(1, keepdim=True).values.float()
+    eps = 2.0**-7 * (b_norm_max**2 + 2.0 * qc.norm(dim=1, keepdim=True) * b_norm_max)
+    thr = (amin + 2.0 * eps) * (1 + 2.0**-6) + 2.0**-6 * eps  # rounded to bf16 without going below
+    rows, cols = (approx <= thr.to(torch.bfloat16)).nonzero(as_tuple=True)
+    d = (bank.index_select(0, cols) - q.index_select(0, rows)).pow_(2).sum(1)
+    m = q.shape[0]
+    best = torch.full((m,), float("inf"), dtype=d.dtype, device=d.device).scatter_reduce_(0, rows, d, "amin")
+    hit = d == best[rows]
+    idx = torch.full((m,), bank.shape[0], dtype=torch.long, device=d.device)
+    idx.scatter_reduce_(0, rows[hit], cols[hit], "amin")
+    return best[:, None], idx[:, None]
 
 
 def random_projection(x: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:

@@ -102,7 +102,7 @@ def test_knn_bf16_rerank_matches_exact():
     q = centres[torch.randint(0, 40, (2000,), generator=g)] + torch.randn(2000, 152, generator=g)
     d_ex, i_ex = knn(q, bank)
     d_lp, i_lp = knn(q, bank, precision="bf16", chunk_bytes=2**20)
-    assert (i_lp == i_ex).float().mean() > 0.995
+    assert (i_lp == i_ex).float().mean() > 0.999  # the bf16 bound keeps the true neighbour a candidate
     # returned distances are exact float32 distances of real candidates: never below the true NN
     assert torch.all(d_lp >= d_ex - 1e-3)  # (the exact path rounds ‖a‖² − 2a·b + ‖b‖² to ~1e-4 here)
     assert torch.allclose(d_lp[i_lp == i_ex], d_ex[i_lp == i_ex], atol=1e-3)

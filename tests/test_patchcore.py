@@ -108,3 +108,15 @@ def test_bad_input_is_refused_clearly(tmp_path):
     fitted = iadlib.get_model("patchcore", image_size=32, coreset_ratio=1.0, device="cpu").fit(split)
     with pytest.raises(DatasetError, match="several sizes"):
         fitted.predict([np.zeros((32, 32), np.uint8), np.zeros((40, 40), np.uint8)])
+
+
+def test_upsample_blur_equals_upsample_then_blur():
+    import torch
+
+    from iadlib.models.base import gaussian_blur, upsample_blur, upsample_maps
+
+    g = torch.Generator().manual_seed(0)
+    for shape, size, sigma in [((3, 28, 28), (224, 224), 4.0), ((2, 7, 9), (40, 50), 2.0), ((1, 5, 5), (12, 12), 1.0)]:
+        m = torch.rand(*shape, generator=g) * 30
+        ref = gaussian_blur(upsample_maps(m, size), sigma)
+        torch.testing.assert_close(upsample_blur(m, size, sigma), ref, rtol=1e-5, atol=1e-4)

@@ -14,6 +14,7 @@ Subclasses implement ``_fit(images)``, ``_predict(images) -> (scores, low-res ma
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import math
 import os
@@ -120,6 +121,27 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+@functools.lru_cache(maxsize=32)
+def _upsample_blur_operator(n: int, size: int, sigma: float, device: str) -> torch.Tensor:
+    """``[n, size]`` matrix of bilinear upsampling ``n → size`` followed by Gaussian smoothing (1-D)."""
+    eye = torch.eye(n, device=device)[:, None, :]  # n one-pixel rows
+    up = F.interpolate(eye[:, None], size=(1, size), mode="bilinear", align_corners=False)[:, 0]
+    return gaussian_blur(up, sigma)[:, 0, :].contiguous()
+
+
+def upsample_blur(maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """``gaussian_blur(upsample_maps(maps, size), sigma)`` as two small matrix products.
+
+    Both steps are linear and separable, so the result is ``A_hᵀ · M · A_w`` with the ``[h, H]`` and
+    ``[w, W]`` operators built once (by applying the two functions to unit impulses): the same maps
+    to float rounding, several times faster than a 1-channel convolution at full resolution.
+    """
+    h, w = maps.shape[-2:]
+    a_h = _upsample_blur_operator(h, int(size[0]), float(sigma), str(maps.device)).to(maps.dtype)
+    a_w = _upsample_blur_operator(w, int(size[1]), float(sigma), str(maps.device)).to(maps.dtype)
+    return torch.matmul(torch.matmul(a_h.T, maps), a_w)
 
 
 #: What :func:`check_loss` names when no checkpoint was written during the training that diverged.

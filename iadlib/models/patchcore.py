@@ -33,7 +33,7 @@ from ..backbones import load_backbone
 from ..errors import ConfigError
 from ..kernels import greedy_coreset, knn, random_projection, require_memory
 from . import register_model
-from .base import Detector, gaussian_blur, iter_batches, upsample_maps
+from .base import Detector, iter_batches, upsample_blur
 
 
 @register_model("patchcore")
@@ -197,8 +197,8 @@ class PatchCore(Detector):
             else:
                 s = s_star
             scores.append(s)
-            m = upsample_maps(dist.view(B, h, w), (self.image_size, self.image_size))
-            maps.append(gaussian_blur(m, self.config["sigma"]))
+            size = (self.image_size, self.image_size)
+            maps.append(upsample_blur(dist.view(B, h, w), size, self.config["sigma"]))
         return torch.cat(scores), torch.cat(maps)
 
     def _reweight(
