@@ -37,41 +37,44 @@ def _dist(a: np.ndarray, b: np.ndarray) -> np.float32:
 def _init(x, start, min_d, nxt, head, radius, sel):  # noqa: ANN001 - numba kernel
     N = x.shape[0]
     c = x[start]
-    r0 = np.float32(0.0)
     for i in range(N):
-        d = _dist(x[i], c)
-        min_d[i] = d
-        nxt[i] = i + 1
-        r0 = max(r0, d)
-    nxt[N - 1] = -1
+        min_d[i] = _dist(x[i], c)
     min_d[start] = 0.0
-    head[0] = 0
-    radius[0] = r0
+    order = np.argsort(-min_d)
+    for t in range(N - 1):
+        nxt[order[t]] = order[t + 1]
+    nxt[order[N - 1]] = -1
+    head[0] = order[0]
+    radius[0] = min_d[order[0]]
     sel[0] = start
 
 
 @nb.njit(cache=True, fastmath=True)
-def _steps(x, y, min_d, nxt, head, radius, sel, k0, k1):  # noqa: ANN001 - numba kernel
-    """Run greedy steps ``k0 ≤ k < k1``; returns the number of full distances computed."""
-    N = x.shape[0]
+def _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, k0, k1):  # noqa: ANN001 - numba kernel
+    """Run greedy steps ``k0 ≤ k < k1``; returns the number of full distances computed.
+
+    Invariant: each group's list is sorted by ``min_d``, largest first (a group is created sorted
+    and only loses members afterwards), so its radius is its head's ``min_d`` and a traversal stops
+    at the first member with ``2·min_d ≤ d(c_j, c)``.
+    """
     work = 0
     for k in range(k0, k1):
         R = np.float32(-1.0)
         for j in range(k):
             if radius[j] > R:
                 R = radius[j]
-        cur = N
+        cur = -1
         for j in range(k):
             if radius[j] == R:
                 i = head[j]
-                while i != -1:
-                    if min_d[i] == R and i < cur:
+                while i != -1 and min_d[i] == R:
+                    if cur == -1 or lab2orig[i] < lab2orig[cur]:
                         cur = i
                     i = nxt[i]
         sel[k] = cur
         c = x[cur]
         yc = y[cur]
-        rk = np.float32(0.0)
+        nb_moved = 0
         for j in range(k):
             rj = radius[j]
             if rj == 0.0:
@@ -83,12 +86,12 @@ def _steps(x, y, min_d, nxt, head, radius, sel, k0, k1):  # noqa: ANN001 - numba
                 continue
             prev = -1
             i = head[j]
-            new_r = np.float32(0.0)
             while i != -1:
-                nx = nxt[i]
                 md = min_d[i]
-                moved = False
-                if dc < 2 * md and _dist(y[i], yc) < md:
+                if dc >= 2 * md:
+                    break  # sorted: no later member can come closer
+                nx = nxt[i]
+                if _dist(y[i], yc) < md:
                     work += 1
                     d = _dist(x[i], c)
                     if d < md:
@@ -97,34 +100,75 @@ def _steps(x, y, min_d, nxt, head, radius, sel, k0, k1):  # noqa: ANN001 - numba
                             head[j] = nx
                         else:
                             nxt[prev] = nx
-                        nxt[i] = head[k]
-                        head[k] = i
-                        rk = max(rk, d)
-                        moved = True
-                if not moved:
-                    new_r = max(new_r, md)
-                    prev = i
+                        buf[nb_moved] = i
+                        nb_moved += 1
+                        i = nx
+                        continue
+                prev = i
                 i = nx
-            radius[j] = new_r
-        radius[k] = rk
+            radius[j] = min_d[head[j]] if head[j] != -1 else np.float32(0.0)
+        moved = buf[:nb_moved]
+        order = np.argsort(-min_d[moved])
+        for t in range(nb_moved - 1):
+            nxt[moved[order[t]]] = moved[order[t + 1]]
+        nxt[moved[order[nb_moved - 1]]] = -1
+        head[k] = moved[order[0]]
+        radius[k] = min_d[head[k]]
     return work
+
+
+@nb.njit(cache=True)
+def _layout(nxt, head, k):  # noqa: ANN001 - numba kernel
+    """Order of the points group by group (each list in its sorted order) and the new list links."""
+    N = nxt.shape[0]
+    order = np.empty(N, np.int64)
+    new_nxt = np.empty(N, np.int64)
+    pos = 0
+    for j in range(k):
+        i = head[j]
+        if i == -1:
+            continue
+        head[j] = pos
+        while i != -1:
+            order[pos] = i
+            new_nxt[pos] = pos + 1
+            pos += 1
+            i = nxt[i]
+        new_nxt[pos - 1] = -1
+    return order, new_nxt
 
 
 def greedy_coreset_numba(
     x: np.ndarray, y: np.ndarray, n: int, start: int, progress: bool = False, chunk: int = 512
 ) -> tuple[np.ndarray, int]:
-    """Indices of the ``n`` greedy k-center points of ``x [N,D]`` (float32) with bound features ``y [N,m]``."""
+    """Indices of the ``n`` greedy k-center points of ``x [N,D]`` (float32) with bound features ``y [N,m]``.
+
+    Every time the number of centres has grown by a quarter, the points are relabelled so that each
+    group's list lies contiguously in memory (a streaming walk instead of cache misses).
+    """
     N = x.shape[0]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.float32)
     min_d = np.empty(N, np.float32)
     nxt = np.empty(N, np.int64)
     head = np.full(n, -1, np.int64)
     radius = np.zeros(n, np.float32)
     sel = np.empty(n, np.int64)
+    buf = np.empty(N, np.int64)
+    lab2orig = np.arange(N)
     _init(x, start, min_d, nxt, head, radius, sel)
-    work = 0
+    work, k, relabel_at = 0, 1, 32
     with tqdm(total=n, initial=1, desc="coreset", disable=not progress, mininterval=1.0) as bar:
-        for k0 in range(1, n, chunk):
-            k1 = min(n, k0 + chunk)
-            work += _steps(x, y, min_d, nxt, head, radius, sel, k0, k1)
-            bar.update(k1 - k0)
-    return sel, work
+        while k < n:
+            k1 = min(n, k + chunk, relabel_at)
+            work += _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, k, k1)
+            bar.update(k1 - k)
+            k = k1
+            if k == relabel_at and k < n:
+                order, nxt = _layout(nxt, head, k)
+                inv = np.empty(N, np.int64)
+                inv[order] = np.arange(N)
+                x, y, min_d, lab2orig = x[order], y[order], min_d[order], lab2orig[order]
+                sel[:k] = inv[sel[:k]]
+                relabel_at = max(k + 64, int(k * 1.25))
+    return lab2orig[sel], work
