@@ -17,13 +17,17 @@ from iadlib.models.autoencoders import (
     FullyConvAE,
     LatentClassifier,
     add_noise,
+    build_autoencoder,
+    encoder_stages,
     jacobian_frobenius_sq,
     jacobian_frobenius_sq_exact,
     ms_ssim,
     ms_ssim_scales,
+    pooled_stats,
     reconstruction_error,
     ssim,
     ssim_map,
+    stage_channels,
     weighted_vote,
 )
 
@@ -94,12 +98,40 @@ def test_table2_layers_and_shapes():
 def test_latent_classifier_sizes():
     big = LatentClassifier((1024, 14, 14), n_classes=15)
     assert sum(p.numel() for p in big.parameters()) < 1_000_000  # §3.4: "less than 1M parameters"
-    assert isinstance(big.net[0], nn.Conv2d) and big.net[0].padding == (0, 0)
+    assert isinstance(big.features[0], nn.Conv2d) and big.features[0].padding == (0, 0)
     assert big.eval()(torch.zeros(2, 1024, 14, 14)).shape == (2, 15)
     mlp = LatentClassifier((128,), n_classes=3)
     assert len(_convs(mlp, nn.Linear)) == 3 and len(_convs(mlp, nn.Dropout)) == 2
     with pytest.raises(ConfigError):
         LatentClassifier((128,), n_classes=0)
+    with pytest.raises(ConfigError, match="init"):
+        LatentClassifier((128,), n_classes=3, init="xavier")
+    # the paper's "convolutional block" with BatchNorm, and the multiscale variant's extra input;
+    # still < 1 M parameters at the paper's size (stages 64+128+256+512 channels, mean and std each)
+    ms = LatentClassifier((1024, 14, 14), n_classes=15, norm=True, extra_dims=2 * 960)
+    assert sum(p.numel() for p in ms.parameters()) < 1_000_000
+    assert isinstance(ms.features[1], nn.BatchNorm2d) and isinstance(ms.extra_norm, nn.BatchNorm1d)
+    assert ms.eval()(torch.zeros(2, 1024, 14, 14), torch.zeros(2, 1920)).shape == (2, 15)
+    with pytest.raises(ConfigError, match="1920 extra features, got None"):
+        ms(torch.zeros(2, 1024, 14, 14))
+
+
+@pytest.mark.parametrize("arch", ["table1", "table2"])
+def test_encoder_stages_and_pooled_stats(arch):
+    ae = build_autoencoder(arch, 64, width=1 / 8).eval()
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        h, stages = encoder_stages(ae.encoder, x)
+        assert torch.equal(h, ae.encoder(x))  # the same code as the plain forward pass
+    # one map per resolution stage, halving from the input size, the code itself excluded
+    assert [t.shape[-1] for t in stages] == ([32, 16, 8, 4] if arch == "table1" else [64, 32, 16, 8])
+    assert stage_channels(ae, 64) == [t.shape[1] for t in stages] and ae.training is False
+    f = pooled_stats(stages).numpy()
+    assert f.shape == (3, 2 * sum(t.shape[1] for t in stages))
+    t0 = stages[0].numpy().reshape(3, stages[0].shape[1], -1)
+    c0 = stages[0].shape[1]
+    np.testing.assert_allclose(f[:, :c0], t0.mean(2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f[:, c0 : 2 * c0], t0.std(2), rtol=1e-4, atol=1e-6)
 
 
 # --- Eq. 7 ----------------------------------------------------------------------------------------

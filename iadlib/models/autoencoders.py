@@ -14,6 +14,10 @@ What lives here, with the paper's numbering:
   with one vector–Jacobian product (a backward pass) per random projection ``v``.
 * :class:`LatentClassifier` — the Mixer's category classifier on the latent code (§3.4: a 3-layer
   MLP with dropout; a 3×3/1/0 convolution block before it for the Table 2 variant; < 1 M params).
+  Options for small budgets (the book's quick profile): ``classifier_features="multiscale"`` (also
+  the channel mean/std of every encoder stage, :func:`encoder_stages`, :func:`pooled_stats`),
+  ``classifier_norm`` (BatchNorm in the block) and ``classifier_epochs`` (extra epochs for the
+  classifier alone on the frozen trained encoder, :meth:`AutoencoderDetector._refine_classifier`).
 * :func:`ssim`, :func:`ms_ssim`, :func:`ssim_map` — SSIM of **Eq. 9** (Wang et al. 2004, Gaussian
   window σ = 1.5, 11×11) and multi-scale SSIM (Wang et al. 2003), our own implementation (the tests
   check it against scikit-image); :func:`reconstruction_error` turns L2 / SSIM / MS-SSIM into
@@ -56,6 +60,9 @@ from .base import Detector, check_loss, images_to_tensor, iter_batches
 
 LOSSES = ("l2", "ssim", "mssim")
 ARCHS = ("table1", "table2")
+#: What the Mixer's classifier sees: the latent code only (the paper) or, in addition, the pooled
+#: statistics of every encoder stage (:func:`pooled_stats`).
+CLASSIFIER_FEATURES = ("latent", "multiscale")
 #: MS-SSIM exponents of Wang, Simoncelli & Bovik (2003), finest scale first.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
@@ -202,6 +209,11 @@ class LatentClassifier(nn.Module):
     A 3-layer MLP with ReLU and dropout; for a spatial latent (Table 2) a 3×3/1/0 convolution block
     comes first (followed by average pooling to at most 4×4, so the MLP's size does not depend on
     the image size). Well under 1 M parameters at the paper's sizes.
+
+    Options beyond the paper's text (off by default): ``norm`` puts BatchNorm in the convolution
+    block (the "block" of Tables 1–2 is Conv → BatchNorm → activation) and standardises the extra
+    input; ``extra_dims`` > 0 concatenates extra features (the pooled statistics of the encoder's
+    stages, :func:`pooled_stats`) to the pooled code before the MLP.
     """
 
     def __init__(
@@ -212,8 +224,13 @@ class LatentClassifier(nn.Module):
         dropout: float = 0.3,
         conv_channels: int = 32,
         pool: int = 4,
+        init: str = "normal",
+        extra_dims: int = 0,
+        norm: bool = False,
     ):
         super().__init__()
+        if init not in ("normal", "default"):
+            raise ConfigError(f"classifier init {init!r}; valid: 'normal' (N(0, 0.02), §3.7), 'default' (PyTorch's)")
         if pool < 1:
             raise ConfigError(f"the Mixer classifier's pooled size must be >= 1, got {pool}")
         if n_classes < 1:
@@ -222,8 +239,9 @@ class LatentClassifier(nn.Module):
         if len(latent_shape) == 3:
             c, s, _ = latent_shape
             pool = max(1, min(pool, s - 2))
+            layers += [nn.Conv2d(c, conv_channels, 3, 1, 0, bias=not norm)]
+            layers += [nn.BatchNorm2d(conv_channels)] if norm else []
             layers += [
-                nn.Conv2d(c, conv_channels, 3, 1, 0),
                 nn.ReLU(inplace=True),
                 nn.AdaptiveAvgPool2d(pool),
                 nn.Flatten(),
@@ -231,8 +249,13 @@ class LatentClassifier(nn.Module):
             n_in = conv_channels * pool * pool
         else:
             n_in = int(latent_shape[0])
-        layers += [
-            nn.Linear(n_in, hidden[0]),
+        self.features = nn.Sequential(*layers)
+        self.extra_dims = int(extra_dims)
+        # the pooled stage statistics live on very different scales (means vs standard deviations,
+        # shallow vs deep stages): standardised per feature, like the latent path's BatchNorm
+        self.extra_norm = nn.BatchNorm1d(self.extra_dims) if (norm and self.extra_dims) else nn.Identity()
+        layers = [
+            nn.Linear(n_in + self.extra_dims, hidden[0]),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden[0], hidden[1]),
@@ -240,11 +263,18 @@ class LatentClassifier(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden[1], n_classes),
         ]
-        self.net = nn.Sequential(*layers)
-        init_normal(self)
+        self.mlp = nn.Sequential(*layers)
+        if init == "normal":
+            init_normal(self)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
+    def forward(self, h: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.features(h).flatten(1)
+        if self.extra_dims:
+            if extra is None or extra.shape[1] != self.extra_dims:
+                got = None if extra is None else tuple(extra.shape)
+                raise ConfigError(f"classifier expects {self.extra_dims} extra features, got {got}")
+            z = torch.cat([z, self.extra_norm(extra)], 1)
+        return self.mlp(z)
 
 
 def build_autoencoder(arch: str, image_size: int, width: float = 1.0, latent_dim: int = 128) -> nn.Module:
@@ -254,6 +284,50 @@ def build_autoencoder(arch: str, image_size: int, width: float = 1.0, latent_dim
     if arch == "table2":
         return FullyConvAE(image_size=image_size, width=width)
     raise ConfigError(f"unknown autoencoder architecture {arch!r}; valid: {', '.join(ARCHS)}")
+
+
+def encoder_stages(encoder: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``encoder`` on ``x`` and also return the feature map of every resolution stage: the
+    input of each MaxPool (Table 2) or the output of each stride-2 convolution block (Table 1);
+    the latent code itself is not among them. Used by the Mixer's ``"multiscale"`` classifier."""
+    stages: list[torch.Tensor] = []
+    mods = list(encoder)
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.MaxPool2d) or isinstance(m, nn.Flatten):
+            stages.append(x)
+        elif (
+            isinstance(m, nn.LeakyReLU)
+            and isinstance(mods[i - 2], nn.Conv2d)
+            and mods[i - 2].stride == (2, 2)
+        ):
+            x = m(x)
+            stages.append(x)
+            continue
+        x = m(x)
+    if isinstance(encoder[-1], nn.Linear) and stages:
+        stages.pop()  # Table 1: the map entering Flatten is the 4×4/1/0 block, part of the code's MLP
+    return x, stages
+
+
+def stage_channels(ae: nn.Module, image_size: int) -> list[int]:
+    """Channel counts of :func:`encoder_stages`' maps (from a dry run on one blank image)."""
+    p = next(ae.parameters())
+    was = ae.training
+    ae.eval()
+    with torch.no_grad():
+        _, st = encoder_stages(ae.encoder, torch.zeros(1, 3, image_size, image_size, device=p.device))
+    ae.train(was)
+    return [int(t.shape[1]) for t in st]
+
+
+def pooled_stats(stages: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Channel-wise mean and standard deviation over the spatial positions of every stage map,
+    concatenated ``[B, 2·Σ C_s]`` (first- and second-order texture statistics, translation invariant)."""
+    out = []
+    for t in stages:
+        f = t.flatten(2)
+        out += [f.mean(2), f.std(2, unbiased=False)]
+    return torch.cat(out, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -578,6 +652,11 @@ class AutoencoderDetector(Detector):
         ce_weight: float = 3.0,
         dropout: float = 0.3,
         classifier_pool: int = 4,
+        classifier_lr: float | None = None,
+        classifier_init: str = "normal",
+        classifier_features: str = "latent",
+        classifier_norm: bool = False,
+        classifier_epochs: int = 0,
         alpha: float = 0.5,
         beta: float = 0.5,
         epochs: int = 100,
@@ -597,6 +676,14 @@ class AutoencoderDetector(Detector):
             raise ConfigError(
                 f"noise_std, contractive, ce_weight must be ≥ 0; got {noise_std}, {contractive}, {ce_weight}"
             )
+        if classifier_features not in CLASSIFIER_FEATURES:
+            raise ConfigError(
+                f"classifier_features={classifier_features!r}; valid: {', '.join(CLASSIFIER_FEATURES)}"
+            )
+        if classifier_epochs < 0:
+            raise ConfigError(f"classifier_epochs must be ≥ 0, got {classifier_epochs}")
+        if classifier_lr is not None and not classifier_lr > 0:
+            raise ConfigError(f"classifier_lr must be > 0 (or None: lr), got {classifier_lr}")
         if epochs < 1 or batch_size < 2:
             raise ConfigError(f"epochs must be ≥ 1 and batch_size ≥ 2, got {epochs} and {batch_size}")
         if image_size is None:
@@ -605,7 +692,10 @@ class AutoencoderDetector(Detector):
         self.config.update(
             arch=arch, width=width, latent_dim=latent_dim, loss=loss, noise_std=noise_std,
             contractive=contractive, n_projections=n_projections, mixer=mixer, ce_weight=ce_weight,
-            dropout=dropout, classifier_pool=classifier_pool, alpha=alpha, beta=beta, epochs=epochs, lr=lr,
+            dropout=dropout, classifier_pool=classifier_pool, classifier_lr=classifier_lr,
+            classifier_init=classifier_init, classifier_features=classifier_features,
+            classifier_norm=classifier_norm, classifier_epochs=classifier_epochs, alpha=alpha, beta=beta,
+            epochs=epochs, lr=lr,
             eps=eps, patience=patience, lr_patience=lr_patience, lr_factor=lr_factor, precise_bn=precise_bn,
             verbose=verbose,
         )
@@ -622,15 +712,26 @@ class AutoencoderDetector(Detector):
         self.categories = self.categories or [str(i) for i in range(n_classes)]
         self.classifier = (
             LatentClassifier(
-                tuple(self.ae.latent_shape), n_classes, dropout=c["dropout"], pool=c["classifier_pool"]
+                tuple(self.ae.latent_shape), n_classes, dropout=c["dropout"], pool=c["classifier_pool"],
+                init=c.get("classifier_init", "normal"),
+                extra_dims=self._extra_dims(), norm=c.get("classifier_norm", False),
             ).to(self.device)
             if c["mixer"]
             else None
         )
         self.thresholds = ClassThresholds(n_classes if c["mixer"] else 1, c["alpha"], c["beta"])
 
-    def _encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ae(x)
+    def _extra_dims(self) -> int:
+        if self.config.get("classifier_features", "latent") != "multiscale":
+            return 0
+        return 2 * sum(stage_channels(self.ae, self.image_size))
+
+    def _encode_for_classifier(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The latent code of ``x`` and, for the ``"multiscale"`` classifier, the pooled stage statistics."""
+        if self.config.get("classifier_features", "latent") != "multiscale":
+            return self.ae.encoder(x), None
+        h, stages = encoder_stages(self.ae.encoder, x)
+        return h, pooled_stats(stages)
 
     # --- training ----------------------------------------------------------------------------------
     def _fit(self, images: list[np.ndarray]) -> None:
@@ -679,8 +780,11 @@ class AutoencoderDetector(Detector):
         # keep the training set as uint8 at the working resolution (4× smaller than float)
         data = (images_to_tensor(images, self.image_size) * 255.0).round_().to(torch.uint8)
         labels = torch.as_tensor(cats, dtype=torch.long)
-        params = list(self.ae.parameters()) + (list(self.classifier.parameters()) if self.classifier else [])
-        opt = torch.optim.Adam(params, lr=c["lr"], eps=c["eps"])
+        groups: list[dict[str, Any]] = [{"params": list(self.ae.parameters())}]
+        if self.classifier is not None:
+            head_lr = c.get("classifier_lr") or c["lr"]
+            groups.append({"params": list(self.classifier.parameters()), "lr": head_lr})
+        opt = torch.optim.Adam(groups, lr=c["lr"], eps=c["eps"])
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max" if val else "min", factor=c["lr_factor"], patience=c["lr_patience"]
         )
@@ -722,8 +826,11 @@ class AutoencoderDetector(Detector):
                     # Algorithm 1 classifies the latent code of the *clean* image; under the
                     # denoising corruption (Eq. 7) the classifier is trained on that code too
                     # (noise v = 0.3 erases the fine texture that tells similar categories apart).
-                    h_cls = h if c["noise_std"] <= 0 else self.ae.encoder(x)
-                    logits = self.classifier(h_cls)
+                    if c["noise_std"] <= 0 and c.get("classifier_features", "latent") == "latent":
+                        h_cls, extra = h, None
+                    else:
+                        h_cls, extra = self._encode_for_classifier(x)
+                    logits = self.classifier(h_cls, extra)
                     ce = F.cross_entropy(logits, y)
                     loss = loss + c["ce_weight"] * ce
                     sums["acc"] += float((logits.argmax(1) == y).float().sum())
@@ -776,7 +883,80 @@ class AutoencoderDetector(Detector):
         if best[1] is not None:
             self._restore(best[1])
             hist["best_epoch"] = [float(int(np.argmax(hist["val_f1"])))]
+        if self.classifier is not None and c.get("classifier_epochs", 0) > 0:
+            self._refine_classifier(data, labels, hist)
         self.history = hist
+
+    def _refine_classifier(self, data: torch.Tensor, labels: torch.Tensor, hist: dict[str, list[float]]) -> None:
+        """Extra epochs for the Mixer's classifier alone, on the frozen trained encoder
+        (``classifier_epochs``; 0 = the paper's joint training only).
+
+        The joint training of §3.7 gives the classifier one step per batch; with few epochs (the
+        quick profile) it stops far from convergence although the codes already separate the
+        categories. Here the evaluation-mode codes of the clean training images (the very codes
+        Algorithm 1 classifies at inference) are computed once and the classifier is trained on them
+        with the same cross-entropy, Adam (``classifier_lr`` or ``lr``) and a cosine decay of the
+        learning rate to 0; the classifier's own BatchNorm statistics are then re-estimated on those
+        codes. The autoencoder, its reconstructions and the thresholds of Eq. 6 are untouched.
+        """
+        c = self.config
+        assert self.classifier is not None
+        self.ae.eval()
+        feats: list[torch.Tensor] = []
+        extras: list[torch.Tensor] = []
+        with torch.no_grad():
+            for i in range(0, len(data), self.batch_size):
+                x = _to_unit_range(data[i : i + self.batch_size].to(self.device).float() / 255.0)
+                h, extra = self._encode_for_classifier(x)
+                feats.append(h)
+                if extra is not None:
+                    extras.append(extra)
+        h_all = torch.cat(feats)
+        e_all = torch.cat(extras) if extras else None
+        y_all = labels.to(self.device)
+        n_epochs = int(c["classifier_epochs"])
+        head_lr = c.get("classifier_lr") or c["lr"]
+        opt = torch.optim.Adam(self.classifier.parameters(), lr=head_lr, eps=c["eps"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs)
+        gen = torch.Generator().manual_seed(self.seed + 3)
+        bs = min(self.batch_size, len(h_all))
+        for epoch in range(n_epochs):
+            self.classifier.train()
+            perm = torch.randperm(len(h_all), generator=gen)
+            ce_sum, acc_sum, n = 0.0, 0.0, 0
+            for i in range(0, len(perm), bs):
+                idx = perm[i : i + bs]
+                if len(idx) < 2:
+                    continue
+                logits = self.classifier(h_all[idx], None if e_all is None else e_all[idx])
+                ce = F.cross_entropy(logits, y_all[idx])
+                check_loss(ce.detach(), f"classifier epoch {epoch}", self.name)
+                opt.zero_grad(set_to_none=True)
+                ce.backward()
+                opt.step()
+                ce_sum += float(ce.detach()) * len(idx)
+                acc_sum += float((logits.argmax(1) == y_all[idx]).float().sum())
+                n += len(idx)
+            sched.step()
+            hist.setdefault("head_ce", []).append(ce_sum / max(n, 1))
+            hist.setdefault("head_acc", []).append(acc_sum / max(n, 1))
+        # precise BatchNorm for the classifier's own layers, on the same (shuffled) codes
+        bns = [m for m in self.classifier.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if bns:
+            saved = [m.momentum for m in bns]
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+            self.classifier.train()
+            perm = torch.randperm(len(h_all), generator=gen)
+            with torch.no_grad():
+                for i in range(0, len(perm), bs):
+                    idx = perm[i : i + bs]
+                    if len(idx) >= 2:
+                        self.classifier(h_all[idx], None if e_all is None else e_all[idx])
+            for m, mom in zip(bns, saved):
+                m.momentum = mom
+        self.classifier.eval()
 
     @torch.no_grad()
     def _recalibrate_bn(self, data: torch.Tensor) -> None:
@@ -786,14 +966,16 @@ class AutoencoderDetector(Detector):
         were collected on noisy inputs (Eq. 7), while inference sees clean ones; without this the
         evaluation-mode network (and the Mixer's classifier) can drift from the training-mode one.
         The optimised weights are untouched."""
-        bns = [m for m in self.ae.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        nets = [self.ae] + ([self.classifier] if self.classifier is not None else [])
+        bns = [m for net in nets for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns:
             return
         saved = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average = the exact mean over the batches
-        self.ae.train()
+        for net in nets:
+            net.train()
         # Training batches are drawn at random from every category; the training data are stored
         # category by category, so batches taken in order would hold one category each and their
         # averaged variances would miss the between-category variance the training-mode network
@@ -804,7 +986,10 @@ class AutoencoderDetector(Detector):
             idx = perm[i : i + bs]
             if len(idx) < 2:
                 continue
-            self.ae(_to_unit_range(data[idx].to(self.device).float() / 255.0))
+            h, extra = self._encode_for_classifier(_to_unit_range(data[idx].to(self.device).float() / 255.0))
+            self.ae.decoder(h)
+            if self.classifier is not None:
+                self.classifier(h, extra)
         for m, mom in zip(bns, saved):
             m.momentum = mom
 
@@ -853,13 +1038,14 @@ class AutoencoderDetector(Detector):
         scores, maps, cls = [], [], []
         for x01 in iter_batches(images, self.batch_size, self.image_size, self.device):
             x = _to_unit_range(x01)
-            h, x_hat = self.ae(x)
+            h, extra = self._encode_for_classifier(x)
+            x_hat = self.ae.decoder(h)
             s, m = reconstruction_error(x, x_hat, c["loss"], with_map=with_maps)
             scores.append(s.cpu())
             if with_maps:
                 maps.append(m.cpu())
             if self.classifier is not None:
-                cls.append(self.classifier(h).argmax(1).cpu())
+                cls.append(self.classifier(h, extra).argmax(1).cpu())
             else:
                 cls.append(torch.zeros(len(x), dtype=torch.long))
         score = torch.cat(scores).double().numpy()
