@@ -24,7 +24,7 @@ from ..experiment import _as_rgb, _example_indices, evaluate, run_experiment
 from ..models import get_model, list_models
 from ..results import ResultStore, experiment_key, load_reported
 from ..utils import PeakMemory, atomic_path, resolve_device
-from . import get_profile
+from . import check_run_args, get_profile
 
 CHAPTER = "03_miad"
 METHODS = ("reverse_distillation", "patchcore", "fastflow", "draem", "unet_ae", "uniad")
@@ -299,6 +299,7 @@ def run(
     """Run the grid (datasets × methods) and, when UniAD is among the methods and ``unified`` is not
     False, the unified UniAD; returns the records as a long table and notes."""
     store = ResultStore(results_dir)
+    check_run_args(PROFILES, profile, device=device, seed=seed)
     _, chosen, notes = plan(profile, methods)
     jobs = cells(profile, methods, seed, device)
     unified = "uniad" in chosen if unified is None else unified

@@ -38,7 +38,7 @@ from ..models.shallow import BASELINES, baseline_scores
 from ..models.students import DistillConfig, StudentEnsemble, distill_teacher, score_images, train_students
 from ..results import ResultStore, experiment_key, load_reported
 from ..utils import atomic_path, resolve_device, seed_everything
-from . import check_choice, get_profile
+from . import check_choice, check_run_args, get_profile
 
 CHAPTER = "01_uninformed_students"
 PAPER = "Uninformed Students (Bergmann et al., CVPR 2020)"
@@ -155,6 +155,7 @@ def run_figure1(
     Returns the long frame of this protocol's records (columns ``dataset, category, scale,
     metric, value`` …). Example maps per scale go to ``<results>/<chapter>/figure1_<key>.npz``.
     """
+    check_run_args(PROFILES, profile, device=device, seed=seed)
     prof = get_profile(PROFILES, profile)["figure1"]
     width, distill = get_profile(PROFILES, profile)["width"], get_profile(PROFILES, profile)["distill"]
     store = ResultStore(results_dir)
@@ -260,7 +261,7 @@ def run_tables(
 ) -> pd.DataFrame:
     """The supplement's Tables 2/3 protocol on the profile's datasets; one record per (dataset,
     class, method) with its image AUROC."""
-    prof_all = get_profile(PROFILES, profile)
+    prof_all = check_run_args(PROFILES, profile, device=device, seed=seed)
     prof = prof_all["tables"]
     for v in prof["variants"]:
         check_choice("loss variant", v, list(VARIANTS))

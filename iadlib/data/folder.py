@@ -125,8 +125,8 @@ def estimate_bytes(paths: Sequence[Path], image_size: int | Sequence[int] | None
         with Image.open(paths[0]) as im:
             w, h = im.size
             ch = 1 if im.mode in ("L", "1", "I;16", "I") else 3
-    except (OSError, UnidentifiedImageError, ValueError):
-        return 0  # the loader reports the broken file with its path
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return 0  # the loader reports the broken (or oversized) file with its path
     if hw is not None:
         h, w = hw
     ch = {"rgb": 3, "grey": 1}.get(color or "", ch)
