@@ -45,7 +45,7 @@ def test_features_only_extractor_matches_classifier_trunk(classifier):
     with torch.no_grad():
         h = classifier.bn1(classifier.conv_stem(xn))
         outs = []
-        for i, block in enumerate(classifier.blocks):
+        for block in classifier.blocks:
             h = block(h)
             outs.append(h)
     # timm's features_only stage indices map onto the block groups with the matching stride
