@@ -50,8 +50,9 @@ def test_notebook_smoke_profile(tmp_path):
         for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
     )  # fmt: skip
     assert "CO+DE+MIX - AE (MSSIM)" in text and "ENSEMBLE" in text and "overall performance" in text
+    assert "paper: Ours MIXER L2 (MVTec AD)" in text and "flags every test image: 0.667" in text
     n_png = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
-    assert n_png >= 4  # Table 3 bars, Figure 3 (Mixer and baseline), reconstructions
+    assert n_png >= 5  # Table 3 bars, confusion matrices, Figure 3 (Mixer and baseline), reconstructions
     # one record per variant plus the ensemble, each with the class averages and per-category values
     frame = ResultStore(res).frame(ch.CHAPTER)
     assert set(frame["method"]) == set(ch.VARIANTS) | {ch.ENSEMBLE}
@@ -60,6 +61,16 @@ def test_notebook_smoke_profile(tmp_path):
     for _, row in f1.iterrows():
         vals = per_cat[per_cat["key"] == row["key"]]["value"]
         assert len(vals) == 2 and row["value"] == pytest.approx(vals.mean())
+    # the confusion matrix (from the stored predictions) agrees with the recorded per-category accuracy
+    recs = ch.stored("smoke", results_dir=str(res))
+    for v in ch.MIXER_VARIANTS:
+        counts = ch.classifier_confusion(recs[v], normalize=False)
+        m = recs[v]["metrics"]
+        assert counts.values.sum() == recs[v]["extra"]["n_test"]
+        for cat in counts.index:
+            assert counts.loc[cat, cat] / counts.loc[cat].sum() == pytest.approx(m[f"class_acc/{cat}"])
+    with pytest.raises(ConfigError, match="not a Mixer"):
+        ch.classifier_confusion(recs["baseline"])
     # rerunning reuses the finished records (same keys, no retraining)
     again = ch.run("smoke", results_dir=str(res))
     assert {r["key"] for r in again.values()} == set(frame["key"])
