@@ -235,6 +235,7 @@ class Detector:
         self.image_size = self.config["image_size"]
         self.device = resolve_device(device)
         self.seed = seed
+        seed_everything(seed)  # networks built in a subclass' __init__ start from the same weights
         self.batch_size = batch_size
         self.fitted = False
         self.history: dict[str, list[float]] = {}
