@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from iadlib.chapters import mixer_ae as ch
 from iadlib.errors import ConfigError, DatasetError
@@ -69,6 +71,11 @@ def test_notebook_smoke_profile(tmp_path):
         assert counts.values.sum() == recs[v]["extra"]["n_test"]
         for cat in counts.index:
             assert counts.loc[cat, cat] / counts.loc[cat].sum() == pytest.approx(m[f"class_acc/{cat}"])
+        p = np.load(recs[v]["extra"]["predictions"])
+        assert ch.classifier_f1(recs[v]) == pytest.approx(f1_score(p["true_cat"], p["pred_cat"], average="macro"))
+    head = ch.headline(str(res), profile="smoke")
+    cls = head[head["metric"] == "mixer classifier F1 (macro)"]
+    assert len(cls) == len(ch.MIXER_VARIANTS) and (cls["paper"] == 0.99).all()
     with pytest.raises(ConfigError, match="not a Mixer"):
         ch.classifier_confusion(recs["baseline"])
     # rerunning reuses the finished records (same keys, no retraining)
