@@ -120,3 +120,16 @@ def test_upsample_blur_equals_upsample_then_blur():
         m = torch.rand(*shape, generator=g) * 30
         ref = gaussian_blur(upsample_maps(m, size), sigma)
         torch.testing.assert_close(upsample_blur(m, size, sigma), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_memory_bank_that_cannot_fit_is_refused_with_its_size(monkeypatch):
+    import iadlib.kernels as kernels
+    from iadlib.errors import ResourceError
+
+    monkeypatch.setattr(kernels, "available_memory", lambda device="cpu": 10 * 2**20)  # pretend 10 MiB free
+    imgs = np.random.default_rng(0).integers(0, 255, (40, 64, 64), dtype=np.uint8)
+    model = iadlib.get_model("patchcore", image_size=128, coreset_ratio=0.1, device="cpu")
+    with pytest.raises(ResourceError, match=r"memory bank \(10240 patches × 152\) needs 0\.01 GiB"):
+        model.fit(imgs)
+    # the kNN blocks shrink to what is available instead of failing
+    assert kernels.chunk_budget("cpu") == 10 * 2**20 // 4
