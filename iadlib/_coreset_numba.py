@@ -49,13 +49,14 @@ def _init(x, start, min_d, nxt, head, radius, sel):  # noqa: ANN001 - numba kern
     sel[0] = start
 
 
-@nb.njit(cache=True, fastmath=True)
-def _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, k0, k1):  # noqa: ANN001 - numba kernel
+@nb.njit(cache=True, fastmath=True, parallel=True)
+def _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, mhead, k0, k1):  # noqa: ANN001 - numba kernel
     """Run greedy steps ``k0 ≤ k < k1``; returns the number of full distances computed.
 
     Invariant: each group's list is sorted by ``min_d``, largest first (a group is created sorted
     and only loses members afterwards), so its radius is its head's ``min_d`` and a traversal stops
-    at the first member with ``2·min_d ≤ d(c_j, c)``.
+    at the first member with ``2·min_d ≤ d(c_j, c)``. Groups are independent within a step, so they
+    are walked in parallel; members that move are chained per group (``mhead``) and collected after.
     """
     work = 0
     for k in range(k0, k1):
@@ -74,8 +75,8 @@ def _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, k0, k1):  # noqa:
         sel[k] = cur
         c = x[cur]
         yc = y[cur]
-        nb_moved = 0
-        for j in range(k):
+        for j in nb.prange(k):
+            mhead[j] = -1
             rj = radius[j]
             if rj == 0.0:
                 continue
@@ -100,15 +101,22 @@ def _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, k0, k1):  # noqa:
                             head[j] = nx
                         else:
                             nxt[prev] = nx
-                        buf[nb_moved] = i
-                        nb_moved += 1
+                        nxt[i] = mhead[j]
+                        mhead[j] = i
                         i = nx
                         continue
                 prev = i
                 i = nx
             radius[j] = min_d[head[j]] if head[j] != -1 else np.float32(0.0)
+        nb_moved = 0
+        for j in range(k):
+            i = mhead[j]
+            while i != -1:
+                buf[nb_moved] = i
+                nb_moved += 1
+                i = nxt[i]
         moved = buf[:nb_moved]
-        order = np.argsort(-min_d[moved])
+        order = np.argsort(-min_d[moved], kind="mergesort")
         for t in range(nb_moved - 1):
             nxt[moved[order[t]]] = moved[order[t + 1]]
         nxt[moved[order[nb_moved - 1]]] = -1
@@ -156,12 +164,13 @@ def greedy_coreset_numba(
     sel = np.empty(n, np.int64)
     buf = np.empty(N, np.int64)
     lab2orig = np.arange(N)
+    mhead = np.full(n, -1, np.int64)
     _init(x, start, min_d, nxt, head, radius, sel)
     work, k, relabel_at = 0, 1, 32
     with tqdm(total=n, initial=1, desc="coreset", disable=not progress, mininterval=1.0) as bar:
         while k < n:
             k1 = min(n, k + chunk, relabel_at)
-            work += _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, k, k1)
+            work += _steps(x, y, min_d, nxt, head, radius, sel, buf, lab2orig, mhead, k, k1)
             bar.update(k1 - k)
             k = k1
             if k == relabel_at and k < n:
