@@ -478,10 +478,17 @@ def _substitution(profile: str) -> str:
         return "MVTec AD (15 categories), paper's settings"
     cats = ", ".join(category_name(d, c) for d, c, _ in PROFILES[profile]["categories"])
     m = PROFILES[profile]["model"]
-    return (
+    out = (
         f"{cats} instead of the 15 MVTec AD categories; {m['image_size']} px, widths ×{m['width']:g}, "
         f"{m['epochs']} epochs"
     )
+    cls = PROFILES[profile].get("classifier", {})
+    if cls.get("classifier_features") == "multiscale" or cls.get("classifier_epochs"):
+        out += (
+            "; Mixer classifier: latent code + pooled encoder-stage statistics, "
+            f"{cls.get('classifier_epochs', 0)} classifier-only epochs on the frozen encoder"
+        )
+    return out
 
 
 def table3(records: dict[str, dict[str, Any]], profile: str = "quick") -> pd.DataFrame:
@@ -620,7 +627,7 @@ def plot_classifier_confusion(record: dict[str, Any], ax: Any = None) -> Any:
         _, ax = plt.subplots(figsize=(5.5, 4.5))
     sns.heatmap(df, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, square=True, cbar=False, ax=ax)
     acc = float(np.mean([df.iloc[i, i] for i in range(len(df))]))
-    ax.set_title(f"{record['params']['method']}: category classifier (mean acc. {acc:.2f})")
+    ax.set_title(f"{record['params']['method']}\ncategory classifier, mean accuracy {acc:.2f}", fontsize=10)
     return ax
 
 
