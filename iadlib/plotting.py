@@ -113,3 +113,49 @@ def style_compare(df: pd.DataFrame, digits: int = 3):
     if "Δ" in df.columns:
         sty = sty.background_gradient(subset=["Δ"], cmap="RdBu", vmin=-0.2, vmax=0.2)
     return sty.hide(axis="index")
+
+
+def roofline(record: dict) -> plt.Figure:
+    """Roofline figure of a ``benchmarks/bench_roofline.py`` record (Williams et al., CACM 2009).
+
+    x: arithmetic intensity (flop/byte), y: achieved GFLOP/s, both logarithmic. The roofs come from
+    the record's measured peaks: the memory roof ``intensity × copy GB/s`` and the compute roofs of
+    the float32 (solid) and bfloat16 (dashed) matrix products. One point per kernel row with a flop count,
+    numbered beside the point and named in the legend (rows without one, such as AU-PRO, are left out).
+    """
+    from .errors import ConfigError
+
+    missing = [k for k in ("peaks", "rows") if k not in record]
+    if missing:
+        raise ConfigError(f"roofline: the record lacks {missing}; pass a bench_roofline.py record")
+    peaks = record["peaks"]
+    for key in ("fp32_gflops", "copy_gbs"):
+        if not (isinstance(peaks.get(key), (int, float)) and peaks[key] > 0):
+            raise ConfigError(f"roofline: peaks[{key!r}] = {peaks.get(key)!r}; a measured value > 0 is needed")
+    pts = pd.DataFrame([r for r in record["rows"] if r.get("flops") and r.get("gflops")])
+    if pts.empty:
+        raise ConfigError("roofline: no row of the record has a flop count (rows need 'flops', 'gflops', 'intensity')")
+    bw = float(peaks["copy_gbs"])
+    compute = {"fp32": float(peaks["fp32_gflops"])}
+    if isinstance(peaks.get("bf16_gflops"), (int, float)) and peaks["bf16_gflops"] > 0:
+        compute["bf16"] = float(peaks["bf16_gflops"])
+    ridges = [p / bw for p in compute.values()]
+    lo = min(float(pts["intensity"].min()), *ridges) / 4
+    hi = max(float(pts["intensity"].max()), *ridges) * 4
+    xs = np.geomspace(lo, hi, 200)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for (name, peak), style in zip(compute.items(), ("-", "--"), strict=False):
+        ax.plot(xs, np.minimum(peak, xs * bw), style, color="0.3", lw=1.4,
+                label=f"roof: {name} matmul {peak:.0f} GFLOP/s, copy {bw:.1f} GB/s")
+    pts["label"] = [f"{i + 1}: {k}" for i, k in enumerate(pts["kernel"])]
+    sns.scatterplot(data=pts, x="intensity", y="gflops", hue="label", style="label", s=70, ax=ax, zorder=3)
+    for i, (x, y) in enumerate(zip(pts["intensity"], pts["gflops"], strict=True)):
+        ax.annotate(str(i + 1), (x, y), textcoords="offset points", xytext=(5, 4 if i % 2 else -11), fontsize=8)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), xlabel="arithmetic intensity (flop/byte)",
+           ylabel="achieved GFLOP/s")
+    ymin = min(float(pts["gflops"].min()), lo * bw) / 2
+    ax.set_ylim(ymin, max(compute.values()) * 2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"roofline — {record.get('provenance', {}).get('device', 'device unknown')}")
+    fig.tight_layout()
+    return fig
