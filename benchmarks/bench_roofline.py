@@ -14,22 +14,25 @@ Issue 11. Everything is measured in one process:
   float32 re-scoring of a few candidates is not counted). Bytes: the queries once, the bank once per
   query block (``knn`` walks the queries in blocks whose distance matrix stays in cache, so the
   bank streams once per block; the block itself is not counted), the results once;
-* **greedy coreset** (:func:`iadlib.kernels.greedy_coreset`, numba backend on the CPU) selecting
-  1 % (and, without ``--quick``, 10 %) of a bank of ``784·432`` patches × 128 dims (PatchCore's
+* **greedy coreset** (:func:`iadlib.kernels.greedy_coreset`, numba backend on the CPU, torch on
+  CUDA) selecting 1 % (and, without ``--quick``, 10 %) of a bank of ``784·432`` patches × 128 dims (PatchCore's
   random projection). Its work is data dependent: ``stats`` gives the number ``W`` of full
   ``D``-dimensional distances it computed. The estimate is ``bytes = 4·(W·D + N·m)`` — the rows it
   read for the full distances plus one pass over the ``m = 16``-dimensional bound features — and
   ``flops = 3·(W·D + N·m)`` (subtract, multiply, add per coordinate). It is a lower bound of the
   traffic (the bound rows of points the bound rejects, the group lists and the distances are not
-  counted), so the achieved GB/s is a lower bound too;
+  counted), so the achieved GB/s is a lower bound too (more so for the torch backend, whose dense
+  steps pass over all bound features);
 * **AU-PRO** (:func:`iadlib.metrics.au_pro`) on 200 maps of 256×256 (``bench_metrics.make_case``):
-  maps/s, and GB/s of reading the float32 maps once (no flop count: a sort, not arithmetic).
+  maps/s, and GB/s of reading the float32 maps once (no flop count: a sort, not arithmetic); on
+  ``--device cuda`` the maps are sorted on the GPU.
 
 Data are synthetic and seeded, shaped like real features: a mixture of Gaussian clusters with a
 decaying spectrum (a few directions carry most of the variance), non-negative like post-ReLU
 features. ``--quick`` shrinks every problem (a smoke check; its numbers mean little). Prints a table
-and writes ``benchmarks/records/roofline.json`` (atomically, with provenance) for the appendix
-(``--quick``: ``results/benchmarks/roofline_quick.json``, which the appendix does not read).
+and writes ``benchmarks/records/roofline.json`` (``roofline_cuda.json`` with ``--device cuda``;
+atomically, with provenance) for the appendix (``--quick``: ``results/benchmarks/roofline_quick.json``,
+which the appendix does not read).
 Run it on an otherwise idle machine: on a shared 2-core machine every number drops several-fold.
 """
 
@@ -221,17 +224,19 @@ def measure_coreset(cfg: dict[str, Any], dev: torch.device, peaks: dict[str, flo
     return rows
 
 
-def measure_au_pro(cfg: dict[str, Any], peaks: dict[str, float], repeat: int) -> dict[str, Any]:
+def measure_au_pro(cfg: dict[str, Any], dev: torch.device, peaks: dict[str, float], repeat: int,
+                   sync: Callable[[], None]) -> dict[str, Any]:
     from iadlib.metrics import au_pro
 
     spec = importlib.util.spec_from_file_location("bench_metrics", Path(__file__).with_name("bench_metrics.py"))
     bench_metrics = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_metrics)
-    maps, masks = bench_metrics.make_case(cfg["maps"], cfg["map_size"])
+    maps_np, masks = bench_metrics.make_case(cfg["maps"], cfg["map_size"])
+    maps = torch.from_numpy(maps_np).to(dev) if dev.type == "cuda" else maps_np  # sorted where the maps are
     au_pro(maps[:4], masks[:4])  # warm-up (make_case puts defects in the first half of the maps)
-    t, value = best_time(lambda: au_pro(maps, masks), repeat)
-    return kernel_row("au_pro", t, None, maps.nbytes, peaks, maps=len(maps), map_size=cfg["map_size"],
-                      maps_per_s=len(maps) / t, value=float(value))
+    t, value = best_time(lambda: au_pro(maps, masks), repeat, sync)
+    return kernel_row("au_pro", t, None, maps_np.nbytes, peaks, maps=len(maps_np), map_size=cfg["map_size"],
+                      maps_per_s=len(maps_np) / t, value=float(value))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -253,14 +258,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="small problems (a smoke check of the script)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", default=None, help="record path (default benchmarks/records/roofline.json; "
-                    "with --quick results/benchmarks/roofline_quick.json, never committed)")
+    ap.add_argument("--out", default=None, help="record path (default benchmarks/records/roofline.json, "
+                    "roofline_cuda.json on a GPU; with --quick results/benchmarks/roofline[_cuda]_quick.json)")
     a = ap.parse_args(argv)
     dev = resolve_device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     cfg = QUICK if a.quick else FULL
-    quick_out = RECORDS.parent.parent / "results" / "benchmarks" / "roofline_quick.json"
-    out = Path(a.out) if a.out else (quick_out if a.quick else RECORDS / "roofline.json")
+    name = "roofline" + ("_cuda" if dev.type == "cuda" else "")
+    quick_out = RECORDS.parent.parent / "results" / "benchmarks" / f"{name}_quick.json"
+    out = Path(a.out) if a.out else (quick_out if a.quick else RECORDS / f"{name}.json")
     t_start = time.perf_counter()
     peaks = measure_peaks(cfg, dev, a.repeat, sync)
     print(f"device {dev} ({torch.get_num_threads()} torch threads): matmul fp32 {peaks['fp32_gflops']:.1f} GFLOP/s, "
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"({cfg['copy_mib']} MiB)")
     rows = measure_knn(cfg, dev, peaks, a.repeat, sync)
     rows += measure_coreset(cfg, dev, peaks, sync)
-    rows.append(measure_au_pro(cfg, peaks, a.repeat))
+    rows.append(measure_au_pro(cfg, dev, peaks, a.repeat, sync))
     print(format_table(rows))
     for r in rows:
         if "same_neighbour_fraction" in r:
