@@ -123,16 +123,10 @@ BAD_PARAMETERS = [
 ]
 
 
-#: Entry points of chapter modules this test's author may not edit (miad, mixer_ae, students) that do
-#: not validate ``seed`` yet: each needs ``check_run_args(PROFILES, profile, device=device, seed=seed)``
-#: as its first line (today: TypeError deep inside, or training starts with a string seed).
-NOT_YET_VALIDATED = [
-    (f, {"profile": "smoke", "seed": "0"}, "seed must be an integer, got '0'")
-    for f in (mixer_ae.run,)
-]
+#: Every chapter entry point also validates ``seed`` (``check_run_args``) before any data or training.
 BAD_PARAMETERS += [
     (f, {"profile": "smoke", "seed": "0"}, "seed must be an integer, got '0'")
-    for f in (students.run_figure1, students.run_tables, miad.run)
+    for f in (students.run_figure1, students.run_tables, miad.run, mixer_ae.run)
 ]
 
 
@@ -144,8 +138,7 @@ def _case(f, kw, message, marks=()):
 
 @pytest.mark.parametrize(
     "entry, kwargs, message",
-    [_case(*c) for c in BAD_PARAMETERS]
-    + [_case(*c, marks=pytest.mark.xfail(strict=True, reason="seed not validated")) for c in NOT_YET_VALIDATED],
+    [_case(*c) for c in BAD_PARAMETERS],
 )
 def test_bad_parameters_fail_fast_listing_valid_values(entry, kwargs, message, no_training, tmp_path):
     import inspect

@@ -40,7 +40,7 @@ from ..models import get_model, load_model
 from ..models.autoencoders import AutoencoderDetector, weighted_vote
 from ..results import ResultStore, experiment_key, load_reported
 from ..utils import PeakMemory, atomic_path, resolve_device
-from . import get_profile
+from . import check_run_args, get_profile
 
 CHAPTER = "02_mixer_ae"
 REPORTED = "mixer_ae"
@@ -400,7 +400,7 @@ def run(
     verbose: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Every Table 3 row (the variants, then the ensemble); returns ``{variant: record}``."""
-    get_profile(PROFILES, profile)
+    check_run_args(PROFILES, profile, device=device, seed=seed)
     variants = list(VARIANTS) if variants is None else list(variants)
     for v in variants:
         if v not in VARIANTS:
