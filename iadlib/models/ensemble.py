@@ -217,7 +217,10 @@ class FeatureEnsemble(Detector):
             if "simplenet" in members else None
         )
         n_pc = (2 if crossfit else 1) if "patchcore" in members else 0
-        self.patchcores = [get_model("patchcore", **{**common, **patchcore_cfg}) for _ in range(n_pc)]
+        # border means over real cells only: on the small grids of this ensemble (8×8 at 64 px) zero
+        # padding would darken almost half of the patches relative to SimpleNet's features
+        pc_cfg = {"padding": "valid", **patchcore_cfg}
+        self.patchcores = [get_model("patchcore", **{**common, **pc_cfg}) for _ in range(n_pc)]
         self.pca: nn.ModuleList | None = None
         self.projection: BlockProjection | None = None
         self.discriminator: Discriminator | None = None

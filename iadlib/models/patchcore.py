@@ -1,9 +1,9 @@
 """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
 
 1. Locally aware patch features (§3.1): mid-level feature maps of two backbone stages, each
-   averaged over a p×p neighbourhood (p = 3, Eq. 1–2; zero padding at the border, as the official
-   code's unfold does), the deeper one bilinearly upsampled to the finer grid, concatenated per
-   position.
+   averaged over a p×p neighbourhood (p = 3, Eq. 1–2; zero padding at the border as the official
+   code's unfold does, ``padding="zeros"``, or means over the cells inside, ``"valid"``), the
+   deeper one bilinearly upsampled to the finer grid, concatenated per position.
 2. Memory bank ``M`` of all training patches, reduced by greedy k-center coreset selection
    (§3.2, Alg. 1) on a random projection (Johnson–Lindenstrauss, d* = 128).
 3. Scoring (§3.3, Eq. 6–7): each test patch scores its distance to the nearest memory patch;
@@ -50,6 +50,7 @@ class PatchCore(Detector):
         coreset_ratio: float = 0.01,
         projection_dim: int = 128,
         patch_size: int = 3,
+        padding: str = "zeros",
         reweight: bool = True,
         num_neighbors: int = 9,
         sigma: float = 4.0,
@@ -69,6 +70,8 @@ class PatchCore(Detector):
             raise ConfigError(f"coreset_ratio must lie in (0, 1], got {coreset_ratio}")
         if search not in ("torch", "faiss"):
             raise ConfigError(f"search={search!r}; valid: 'torch', 'faiss'")
+        if padding not in ("zeros", "valid"):
+            raise ConfigError(f"padding={padding!r}; valid: 'zeros' (official code), 'valid' (means over real cells)")
         if knn_precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"knn_precision={knn_precision!r}; valid: 'auto', 'fp32', 'bf16'")
         self.config.update(
@@ -77,6 +80,7 @@ class PatchCore(Detector):
             coreset_ratio=coreset_ratio,
             projection_dim=projection_dim,
             patch_size=patch_size,
+            padding=padding,
             reweight=reweight,
             num_neighbors=num_neighbors,
             sigma=sigma,
@@ -102,7 +106,8 @@ class PatchCore(Detector):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             feats = self.backbone(x)
         feats = [f.float() for f in feats]
-        feats = [F.avg_pool2d(f, p, stride=1, padding=p // 2) for f in feats]
+        zeros = self.config.get("padding", "zeros") == "zeros"
+        feats = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=zeros) for f in feats]
         size = feats[0].shape[-2:]
         feats = [feats[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
         return torch.cat(feats, 1).contiguous()
