@@ -166,6 +166,10 @@ def main() -> None:
                 row[f"speedup_{key}"] = theirs[key] / ours[key]
         rows.append(row)
         print(_line(row), flush=True)
+    out = Path(a.out)
+    if out.is_file():  # keep the other ratios of an earlier run (e.g. 1 % in full, 10 % extrapolated)
+        kept = [r for r in json.loads(out.read_text()).get("rows", []) if r["coreset_ratio"] not in a.ratios]
+        rows = sorted(kept + rows, key=lambda r: r["coreset_ratio"])
     doc = {"benchmark": "anomalib_patchcore", "dataset": f"elpv/{a.category}", "n_train": len(ds.train),
            "n_test": len(ds.test), "layers": LAYERS, "image_size": 224, "anomalib": anomalib.__version__,
            "rows": rows, "provenance": provenance(str(device)), "threads": torch.get_num_threads()}
