@@ -133,3 +133,15 @@ def test_memory_bank_that_cannot_fit_is_refused_with_its_size(monkeypatch):
         model.fit(imgs)
     # the kNN blocks shrink to what is available instead of failing
     assert kernels.chunk_budget("cpu") == 10 * 2**20 // 4
+
+
+def test_traced_backbone_in_float32_gives_the_eager_features():
+    import torch
+
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    eager = iadlib.get_model("patchcore", image_size=64, amp=False, jit=False, device="cpu").embed(x)
+    traced_model = iadlib.get_model("patchcore", image_size=64, amp=False, jit=True, device="cpu")
+    traced = traced_model.embed(x)
+    torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-4)
+    assert traced_model._traced and all(v is not traced_model.backbone for v in traced_model._traced.values())
+    torch.testing.assert_close(traced_model.embed(x[:1]), eager[:1], rtol=1e-4, atol=1e-4)  # other batch size
