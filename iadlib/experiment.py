@@ -132,25 +132,7 @@ def run_experiment(
     with PeakMemory() as mem_pred:
         scores, maps = model.predict(ds.test)
     metrics = evaluate(ds.test, scores, maps)
-    pred_path = store.root / chapter / f"{key}.npz"
-    labels = ds.test.labels
-    pick = _example_indices(labels, n_maps)
-    with atomic_path(pred_path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                scores=scores,
-                labels=labels,
-                example_idx=pick,
-                example_maps=maps[pick].astype(np.float16),
-                example_images=np.stack([_as_rgb(ds.test[int(i)].image, maps.shape[1:]) for i in pick]),
-                example_masks=np.stack(
-                    [
-                        ds.test[int(i)].mask if ds.test[int(i)].mask is not None else np.zeros(maps.shape[1:], bool)
-                        for i in pick
-                    ]
-                ),
-            )
+    pred_path = save_predictions(store.root / chapter / f"{key}.npz", ds.test, scores, maps, n_maps)
     extra = {
         "backbone": backbone or model.config.get("backbone", ""),
         "image_size": model.config.get("image_size"),
@@ -181,6 +163,28 @@ def _check_options(what: str, factory: Any, cfg: dict[str, Any], **fixed: Any) -
     except TypeError as exc:
         valid = [n for n, p in sig.parameters.items() if n not in fixed and p.kind is not p.VAR_POSITIONAL]
         raise ConfigError(f"bad configuration for {what}: {exc}; valid options: {', '.join(valid)}") from exc
+
+
+def save_predictions(
+    path: Path, test: Split, scores: np.ndarray, maps: np.ndarray, n_maps: int = 8
+) -> Path:
+    """Write a run's scores, labels and ``n_maps`` example maps/images/masks to ``path`` (``.npz``), atomically."""
+    labels = test.labels
+    pick = _example_indices(labels, n_maps)
+    shape = maps.shape[1:]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            scores=scores,
+            labels=labels,
+            example_idx=pick,
+            example_maps=maps[pick].astype(np.float16),
+            example_images=np.stack([_as_rgb(test[int(i)].image, shape) for i in pick]),
+            example_masks=np.stack(
+                [m if (m := test[int(i)].mask) is not None else np.zeros(shape, bool) for i in pick]
+            ),
+        )
+    return path
 
 
 def _example_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -20,10 +20,10 @@ import pandas as pd
 from ..data import get_dataset
 from ..data.base import ADDataset, Split
 from ..errors import ConfigError
-from ..experiment import _as_rgb, _example_indices, evaluate, run_experiment
+from ..experiment import evaluate, run_experiment, save_predictions
 from ..models import get_model, list_models
 from ..results import ResultStore, experiment_key, load_reported
-from ..utils import PeakMemory, atomic_path, resolve_device
+from ..utils import PeakMemory, resolve_device
 from . import check_run_args, get_profile
 
 CHAPTER = "03_miad"
@@ -410,21 +410,7 @@ def _run_unified_group(
         with PeakMemory() as mem_pred:
             scores, maps = model.predict(ds.test)
         metrics = evaluate(ds.test, scores, maps)
-        pred_path = store.root / CHAPTER / f"{experiment_key(params)}.npz"
-        labels = ds.test.labels
-        pick = _example_indices(labels, 8)
-        with atomic_path(pred_path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                scores=scores,
-                labels=labels,
-                example_idx=pick,
-                example_maps=maps[pick].astype(np.float16),
-                example_images=np.stack([_as_rgb(ds.test[int(i)].image, maps.shape[1:]) for i in pick]),
-                example_masks=np.stack([
-                    m if (m := ds.test[int(i)].mask) is not None else np.zeros(maps.shape[1:], bool) for i in pick
-                ]),
-            )
+        pred_path = save_predictions(store.root / CHAPTER / f"{experiment_key(params)}.npz", ds.test, scores, maps)
         extra = {
             "backbone": cfg.get("backbone", "efficientnet_lite0"),
             "image_size": model.config.get("image_size"),
