@@ -229,6 +229,8 @@ def _md_table(df: pd.DataFrame, cols: list[str], chapters_dir: Path | None) -> l
             v = r.get(c, "")
             if c == "Δ" and isinstance(v, float) and not math.isnan(v):
                 cells.append(f"{v:+.3f}")
+            elif c == "runs" and isinstance(v, float) and not math.isnan(v):
+                cells.append(str(int(v)))  # a count (pandas makes it float when a row lacks it)
             elif c == "chapter" and chapters_dir is not None and (chapters_dir / f"{r.get('doc')}.ipynb").is_file():
                 cells.append(f"{{doc}}`{_fmt(v)} <chapters/{r['doc']}>`")
             else:
