@@ -14,14 +14,7 @@ from iadlib.metrics import image_auroc
 from iadlib.models import algan as A
 from iadlib.models import get_model, load_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared cores: one intra-op thread keeps these small models fast (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _softplus(v: float) -> float:

@@ -20,12 +20,7 @@ SIZE = 48
 FAST = dict(image_size=SIZE, width=1 / 16, batch_size=8, device="cpu", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI machine is small and shared; tiny convolutions gain nothing
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _crops(img: np.ndarray, n: int, seed: int, size: int = SIZE) -> np.ndarray:

@@ -17,13 +17,7 @@ SIZE = 64
 CFG = dict(image_size=SIZE, epochs=8, batch_size=8, device="cpu", seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The test machines are shared: one intra-op thread avoids oversubscription (restored after)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def periodic_textures(rng: np.random.Generator, n: int, anomalous: bool = False, size: int = SIZE):

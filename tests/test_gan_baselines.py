@@ -12,13 +12,7 @@ from iadlib.errors import ConfigError, TrainingError
 from iadlib.models import get_model, load_model
 from iadlib.models.gan_baselines import UNetGenerator
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _stripes(n: int, seed: int, anomalous: bool = False, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

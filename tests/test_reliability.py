@@ -40,12 +40,7 @@ PROFILES = "smoke, quick, full"
 TINY_AE = dict(image_size=32, width=2, depth=3, latent=4, epochs=2, batch_size=4, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_arrays(seed: int = 0, n_train: int = 8, size: int = 32):

@@ -31,13 +31,7 @@ CFG = dict(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The test machines are shared: one intra-op thread avoids oversubscription (restored after)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def textures(rng: np.random.Generator, n: int, kind: str, anomalous: bool = False, size: int = SIZE):
