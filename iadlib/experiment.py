@@ -135,17 +135,8 @@ def run_experiment(
     pred_path = save_predictions(store.root / chapter / f"{key}.npz", ds.test, scores, maps, n_maps)
     extra = {
         "backbone": backbone or model.config.get("backbone", ""),
-        "image_size": model.config.get("image_size"),
-        "epochs": model.config.get("epochs"),
         "n_train": len(ds.train),
-        "n_test": len(ds.test),
-        "fit_seconds": mem_fit.seconds,
-        "predict_ms_per_image": 1000.0 * mem_pred.seconds / max(1, len(ds.test)),
-        "peak_rss_mb": max(mem_fit.peak_rss, mem_pred.peak_rss) / 2**20,
-        "peak_cuda_mb": max(mem_fit.peak_cuda, mem_pred.peak_cuda) / 2**20,
-        "history": {k: list(map(float, v)) for k, v in model.history.items()},
-        "predictions": str(pred_path),
-        "timestamp_unix": time.time(),
+        **run_extra(model, mem_fit, mem_pred, len(ds.test), pred_path),
     }
     return store.put(chapter, params, metrics, extra, device=device)
 
@@ -163,6 +154,24 @@ def _check_options(what: str, factory: Any, cfg: dict[str, Any], **fixed: Any) -
     except TypeError as exc:
         valid = [n for n, p in sig.parameters.items() if n not in fixed and p.kind is not p.VAR_POSITIONAL]
         raise ConfigError(f"bad configuration for {what}: {exc}; valid options: {', '.join(valid)}") from exc
+
+
+def run_extra(
+    model: Detector, mem_fit: PeakMemory, mem_pred: PeakMemory, n_test: int, pred_path: Path
+) -> dict[str, Any]:
+    """The record fields every run shares: settings, timings, peak memory, training history, predictions."""
+    return {
+        "image_size": model.config.get("image_size"),
+        "epochs": model.config.get("epochs"),
+        "n_test": n_test,
+        "fit_seconds": mem_fit.seconds,
+        "predict_ms_per_image": 1000.0 * mem_pred.seconds / max(1, n_test),
+        "peak_rss_mb": max(mem_fit.peak_rss, mem_pred.peak_rss) / 2**20,
+        "peak_cuda_mb": max(mem_fit.peak_cuda, mem_pred.peak_cuda) / 2**20,
+        "history": {k: list(map(float, v)) for k, v in model.history.items()},
+        "predictions": str(pred_path),
+        "timestamp_unix": time.time(),
+    }
 
 
 def save_predictions(

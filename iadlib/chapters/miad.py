@@ -10,7 +10,6 @@ ELPV (photovoltaic cells, one of MIAD's seven scenarios) and the synthetic textu
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pandas as pd
 from ..data import get_dataset
 from ..data.base import ADDataset, Split
 from ..errors import ConfigError
-from ..experiment import evaluate, run_experiment, save_predictions
+from ..experiment import evaluate, run_experiment, run_extra, save_predictions
 from ..models import get_model, list_models
 from ..results import ResultStore, experiment_key, load_reported
 from ..utils import PeakMemory, resolve_device
@@ -413,19 +412,10 @@ def _run_unified_group(
         pred_path = save_predictions(store.root / CHAPTER / f"{experiment_key(params)}.npz", ds.test, scores, maps)
         extra = {
             "backbone": cfg.get("backbone", "efficientnet_lite0"),
-            "image_size": model.config.get("image_size"),
-            "epochs": model.config.get("epochs"),
             "n_train": n_train,
             "n_train_category": len(ds.train),
-            "n_test": len(ds.test),
-            "fit_seconds": mem_fit.seconds,
             "fit_shared_by": len(jobs),
-            "predict_ms_per_image": 1000.0 * mem_pred.seconds / max(1, len(ds.test)),
-            "peak_rss_mb": max(mem_fit.peak_rss, mem_pred.peak_rss) / 2**20,
-            "peak_cuda_mb": max(mem_fit.peak_cuda, mem_pred.peak_cuda) / 2**20,
-            "history": {k: list(map(float, v)) for k, v in model.history.items()},
-            "predictions": str(pred_path),
-            "timestamp_unix": time.time(),
+            **run_extra(model, mem_fit, mem_pred, len(ds.test), pred_path),
         }
         out.append(store.put(CHAPTER, params, metrics, extra, device=device))
     return out
