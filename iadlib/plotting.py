@@ -159,3 +159,49 @@ def roofline(record: dict) -> plt.Figure:
     ax.set_title(f"roofline — {record.get('provenance', {}).get('device', 'device unknown')}")
     fig.tight_layout()
     return fig
+
+
+def speedup_bars(df: pd.DataFrame, ax=None) -> plt.Axes:
+    """Ratios anomalib ÷ ours of :func:`iadlib.book.perf.anomalib_table`: ``×fit`` and ``×predict``.
+
+    One pair of horizontal bars per method/dataset row, on a logarithmic axis, each bar drawn from
+    the parity line at 1 (drawn): a bar to the right means ours is faster by that factor, to the left
+    slower. Rows without any ratio ("not measured") are left out; an extrapolated time is marked in
+    the row's label. Each bar is labelled with its value.
+    """
+    from .errors import ConfigError
+
+    missing = [c for c in ("method", "dataset", "×fit", "×predict") if c not in df.columns]
+    if missing:
+        raise ConfigError(f"speedup_bars: the table lacks columns {missing}; pass perf.anomalib_table(...)")
+    rows = df[df[["×fit", "×predict"]].notna().any(axis=1)]
+    if rows.empty:
+        raise ConfigError("speedup_bars: no row has a ×fit or ×predict ratio (no anomalib record measured yet)")
+    labels = [
+        f"{m} · {d}" + (" (extrapolated)" if isinstance(x, (bool, np.bool_)) and x else "")
+        for m, d, x in zip(rows["method"], rows["dataset"], rows.get("extrapolated", [False] * len(rows)), strict=True)
+    ]
+    long = pd.DataFrame({"row": labels, "fit": rows["×fit"].to_numpy(), "predict": rows["×predict"].to_numpy()})
+    long = long.melt(id_vars="row", var_name="ratio", value_name="anomalib ÷ ours").dropna()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * len(labels)))
+    sns.barplot(data=long, y="row", x="anomalib ÷ ours", hue="ratio", hue_order=["fit", "predict"],
+                order=labels, orient="h", errorbar=None, ax=ax)
+    for container in ax.containers:  # redraw each bar from the parity line (1) to its value
+        for bar in container:
+            if not np.isfinite(bar.get_width()) or bar.get_width() <= 0:
+                continue
+            v = bar.get_width()
+            bar.set_x(1.0)
+            bar.set_width(v - 1.0)
+            ax.annotate(f"×{v:.3g}", (v, bar.get_y() + bar.get_height() / 2), xytext=(3 if v >= 1 else -3, 0),
+                        textcoords="offset points", va="center", ha="left" if v >= 1 else "right", fontsize=8)
+    values = long["anomalib ÷ ours"].to_numpy(dtype=float)
+    ax.axvline(1.0, color="0.2", lw=1.2, ls="--", label="parity (1)")
+    ax.set_xscale("log")
+    ax.set_xlim(min(values.min(), 1.0) / 2.5, max(values.max(), 1.0) * 2.5)
+    ax.set(ylabel="", xlabel="anomalib ÷ ours (> 1: ours faster; log scale)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("anomalib side by side: fit and predict time ratios")
+    ax.figure.tight_layout()
+    return ax
