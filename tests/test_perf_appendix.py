@@ -23,6 +23,8 @@ from iadlib import plotting  # noqa: E402
 from iadlib.book import perf  # noqa: E402
 from iadlib.errors import ConfigError, DatasetError  # noqa: E402
 
+RD, RD_FILE = "reverse_distillation", "anomalib_reverse_distillation.json"
+
 
 def _prov(commit: str, device: str = "cpu (2 cores, 2 threads)") -> dict:
     return {"commit": commit, "device": device, "machine": "x86_64", "versions": {}, "timestamp": "2026-01-01T00:00:00"}
@@ -83,8 +85,8 @@ def roots(tmp_path):
     """(results root, committed records folder): PatchCore and RD committed, a newer RD run local."""
     results, records = tmp_path / "results", tmp_path / "records"
     _write(records, "anomalib_patchcore.json", patchcore_record())
-    _write(records, "anomalib_rd.json", new_record("rd", commit="old000"))
-    _write(results / "benchmarks", "anomalib_rd.json", new_record("rd", commit="new999"))
+    _write(records, RD_FILE, new_record(RD, commit="old000"))
+    _write(results / "benchmarks", RD_FILE, new_record(RD, commit="new999"))
     _write(records, "anomalib_draem.json", new_record("draem", commit="dr0001", rows=[
         {"dataset": "textures", "ours": _side(50.0, 10.0, 1200.0, 0.80, 0.85),
          "anomalib": _side(100.0, 5.0, 1100.0, 0.75, 0.70)}]))
@@ -95,18 +97,18 @@ def roots(tmp_path):
 
 def test_find_benchmark_precedence(roots, tmp_path):
     results, records = roots
-    assert perf.find_benchmark("anomalib_rd.json", results, records)["provenance"]["commit"] == "new999"
-    assert perf.benchmark_path("anomalib_rd.json", results, records) == results / "benchmarks" / "anomalib_rd.json"
+    assert perf.find_benchmark(RD_FILE, results, records)["provenance"]["commit"] == "new999"
+    assert perf.benchmark_path(RD_FILE, results, records) == results / "benchmarks" / RD_FILE
     # only committed: the committed one; neither: None
     assert perf.find_benchmark("anomalib_patchcore.json", results, records)["provenance"]["commit"] == "pc0001"
     assert perf.find_benchmark("roofline.json", results, records) is None
     # the local run removed: the committed record again
-    (results / "benchmarks" / "anomalib_rd.json").unlink()
-    assert perf.find_benchmark("anomalib_rd.json", results, records)["provenance"]["commit"] == "old000"
+    (results / "benchmarks" / RD_FILE).unlink()
+    assert perf.find_benchmark(RD_FILE, results, records)["provenance"]["commit"] == "old000"
     # a broken file names itself
-    (records / "anomalib_rd.json").write_text("{not json")
-    with pytest.raises(DatasetError, match="anomalib_rd.json"):
-        perf.find_benchmark("anomalib_rd.json", results, records)
+    (records / RD_FILE).write_text("{not json")
+    with pytest.raises(DatasetError, match=RD_FILE.replace(".", r"\.")):
+        perf.find_benchmark(RD_FILE, results, records)
 
 
 def test_anomalib_table_values_and_ratios(roots):
@@ -116,10 +118,10 @@ def test_anomalib_table_values_and_ratios(roots):
     measured = t[t.dataset != perf.NOT_MEASURED]
     assert list(zip(measured.method, measured.dataset, strict=True)) == [
         ("patchcore (coreset 1 %)", "elpv/mono"), ("patchcore (coreset 10 %)", "elpv/mono"),
-        ("rd", "elpv/mono"), ("rd", "synth_textures/brick"), ("draem", "synth_textures/brick"),
+        (RD, "elpv/mono"), (RD, "synth_textures/brick"), ("draem", "synth_textures/brick"),
     ]
     ix = {(m, d): i for i, (m, d) in enumerate(zip(t.method, t.dataset, strict=True))}
-    rd_e, rd_t = t.loc[ix["rd", "elpv/mono"]], t.loc[ix["rd", "synth_textures/brick"]]
+    rd_e, rd_t = t.loc[ix[RD, "elpv/mono"]], t.loc[ix[RD, "synth_textures/brick"]]
     assert rd_e["commit"] == "new999"  # the local run, not the committed one
     assert rd_e["fit ours (s)"] == 10.0 and rd_e["fit anomalib (s)"] == 30.0 and rd_e["×fit"] == pytest.approx(3.0)
     assert rd_e["×predict"] == pytest.approx(0.8)  # anomalib faster at predict: ratio < 1
@@ -129,7 +131,7 @@ def test_anomalib_table_values_and_ratios(roots):
     assert rd_t["pixel AUROC ours"] == 0.95 and rd_t["peak RSS anomalib (MiB)"] == 2700.0
     assert rd_t["extrapolated"] is False or rd_t["extrapolated"] == False  # noqa: E712
     # the ratios equal the ones the record stores (computed the same way by _compare.ratios)
-    rec = perf.find_benchmark("anomalib_rd.json", results, records)
+    rec = perf.find_benchmark(RD_FILE, results, records)
     assert rd_t["×predict"] == pytest.approx(rec["rows"][1]["speedup_predict_ms_per_image"])
     pc1, pc10 = t.loc[ix["patchcore (coreset 1 %)", "elpv/mono"]], t.loc[ix["patchcore (coreset 10 %)", "elpv/mono"]]
     assert pc1["×fit"] == pytest.approx(576.0 / 12.0) and pc1["×predict"] == pytest.approx(1.5)
@@ -155,6 +157,12 @@ def test_not_measured_rows(roots):
     # a record of a method the list does not know is shown after the known ones
     _write(records, "anomalib_supersimplenet.json", new_record("supersimplenet"))
     assert perf.anomalib_table(results, records).method.iloc[-1] == "supersimplenet"
+    # a record under the short name "rd" counts as reverse_distillation
+    (records / RD_FILE).unlink()
+    (results / "benchmarks" / RD_FILE).unlink()
+    _write(records, "anomalib_rd.json", new_record("rd", commit="short1"))
+    t = perf.anomalib_table(results, records)
+    assert list(t[t.method == RD].commit) == ["short1", "short1"]
 
 
 def test_bad_records_name_the_file(roots):
@@ -174,10 +182,10 @@ def test_bad_records_name_the_file(roots):
 def test_settings_read_from_records(roots):
     results, records = roots
     s = perf.anomalib_settings(results, records)
-    assert list(s.index) == ["patchcore", "rd", "draem"]
-    assert s.loc["rd", "record"] == "anomalib_rd.json (local run)" and s.loc["rd", "commit"] == "new999"
+    assert list(s.index) == ["patchcore", RD, "draem"]
+    assert s.loc[RD, "record"] == f"{RD_FILE} (local run)" and s.loc[RD, "commit"] == "new999"
     assert s.loc["draem", "record"] == "anomalib_draem.json (committed)"
-    assert s.loc["rd", "backbone_ours"] == "resnet18 (random, seed 0)" and s.loc["rd", "epochs"] == 2
+    assert s.loc[RD, "backbone_ours"] == "resnet18 (random, seed 0)" and s.loc[RD, "epochs"] == 2
     # PatchCore's older record: its top-level settings and the script's fixed backbone
     assert s.loc["patchcore", "layers"] == "2, 3" and s.loc["patchcore", "image_size"] == 224
     assert s.loc["patchcore", "backbone_anomalib"] == "efficientnet_lite0"
@@ -226,7 +234,7 @@ def test_appendix_notebook_shows_the_records(roots, tmp_path):
     assert "new999" in html and "dr0001" in html and "pc0001" in html
     assert "×3.00" in html and "×0.80" in html and "×48.00" in html
     assert "ganomaly" in html and perf.NOT_MEASURED in html
-    assert "resnet18 (random, seed 0)" in html and "anomalib_rd.json (local run)" in html
+    assert "resnet18 (random, seed 0)" in html and f"{RD_FILE} (local run)" in html
     assert "PatchCore vs anomalib 2.7.0" in text  # the existing PatchCore cell reads the local record too
     heads = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("#")]
     sec = next(i for i in heads if "Side by side with anomalib" in nb.cells[i].source)

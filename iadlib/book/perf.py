@@ -34,9 +34,11 @@ from ..results import DEFAULT_ROOT, REPO_ROOT
 
 #: Committed benchmark records (with provenance).
 RECORDS_DIR = REPO_ROOT / "benchmarks" / "records"
-#: Methods with an anomalib side-by-side script, in the order the appendix lists them; a method
-#: without a record appears as a "not measured" row.
-METHODS = ("patchcore", "rd", "fastflow", "draem", "ganomaly", "csflow", "simplenet")
+#: Methods with an anomalib side-by-side script (model registry names), in the order the appendix
+#: lists them; a method without a record appears as a "not measured" row.
+METHODS = ("patchcore", "reverse_distillation", "fastflow", "draem", "ganomaly", "csflow", "simplenet")
+#: Short names a record may use for a method of :data:`METHODS`.
+ALIASES = {"rd": "reverse_distillation"}
 #: The names ``_compare.load_data`` gives its datasets, as the book names them elsewhere.
 DATASET_LABELS = {"elpv": "elpv/mono", "textures": "synth_textures/brick"}
 NOT_MEASURED = "not measured"
@@ -150,7 +152,8 @@ def _ratio(theirs: float, ours: float) -> float:
 
 
 def _method_of(stem: str, doc: dict[str, Any]) -> str:
-    return str(doc.get("method") or stem.removeprefix("anomalib_"))
+    method = str(doc.get("method") or stem.removeprefix("anomalib_"))
+    return ALIASES.get(method, method)
 
 
 def _table_row(method: str, dataset: str, row: dict[str, Any], doc: dict[str, Any], path: Path, i: int) -> dict:
