@@ -50,7 +50,7 @@ def new_record(method: str, commit: str = "aaa111", rows: list | None = None, se
     return {"benchmark": f"anomalib_{method}", "method": method, "anomalib": "2.7.0",
             "settings": settings or {"backbone_ours": "resnet18 (random, seed 0)", "backbone_anomalib": "resnet18",
                                      "weights": "one shared random-init file", "epochs": 2, "batch_size": 8,
-                                     "image_size": 64},
+                                     "image_size": 64, "n_train": None, "n_test": 30},
             "rows": rows, "provenance": _prov(commit), "threads": 2}
 
 
@@ -186,6 +186,11 @@ def test_settings_read_from_records(roots):
     assert s.loc[RD, "record"] == f"{RD_FILE} (local run)" and s.loc[RD, "commit"] == "new999"
     assert s.loc["draem", "record"] == "anomalib_draem.json (committed)"
     assert s.loc[RD, "backbone_ours"] == "resnet18 (random, seed 0)" and s.loc[RD, "epochs"] == 2
+    assert s.loc[RD, "n_train"] == "all (uncapped)" and s.loc[RD, "n_test"] == 30  # None: the whole set
+    assert s.loc["draem", "image_size"] == 64 and isinstance(s.loc["draem", "batch_size"], int)
+    assert math.isnan(s.loc["patchcore", "epochs"])  # a key the record does not have
+    assert list(s.columns[:5]) == ["record", "anomalib", "backbone_ours", "backbone_anomalib", "weights"]
+    assert list(s.columns[-4:]) == ["threads", "device", "commit", "timestamp"]
     # PatchCore's older record: its top-level settings and the script's fixed backbone
     assert s.loc["patchcore", "layers"] == "2, 3" and s.loc["patchcore", "image_size"] == 224
     assert s.loc["patchcore", "backbone_anomalib"] == "efficientnet_lite0"

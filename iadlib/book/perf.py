@@ -223,6 +223,14 @@ def _cell(v: Any) -> Any:
     return v
 
 
+#: Settings shown first and last in :func:`anomalib_settings` (the rest in the records' order).
+_LEAD = ["method", "record", "anomalib", "backbone_ours", "backbone_anomalib", "weights", "epochs", "batch_size",
+         "image_size", "n_train", "n_test", "seed"]
+_TAIL = ["threads", "device", "commit", "timestamp"]
+#: ``--n-train`` / ``--n-test`` left at None: the whole set (``_compare.common_args``).
+_UNCAPPED = "all (uncapped)"
+
+
 def anomalib_settings(results_root: str | Path | None = None, records_dir: str | Path = RECORDS_DIR) -> pd.DataFrame:
     """The settings of each anomalib record, one row per method (index), read from the records.
 
@@ -230,7 +238,8 @@ def anomalib_settings(results_root: str | Path | None = None, records_dir: str |
     of the record's ``settings`` (backbones and weights on each side, epochs, batch and image size…;
     for PatchCore's older record its top-level ``dataset``, ``n_train``, ``n_test``, ``layers``,
     ``image_size`` and :data:`PATCHCORE_FIXED_SETTINGS`), ``threads``, ``device``, ``commit``,
-    ``timestamp``. Keys a record does not have are NaN.
+    ``timestamp``; ``n_train`` / ``n_test`` left at None (whole sets) read "all (uncapped)". Keys a
+    record does not have are NaN (object columns: integers stay integers).
     """
     rows = []
     root = _root(results_root)
@@ -245,12 +254,17 @@ def anomalib_settings(results_root: str | Path | None = None, records_dir: str |
         where = "local run" if path.parent == root / "benchmarks" else "committed"
         rows.append({
             "method": _method_of(stem, doc), "record": f"{path.name} ({where})", "anomalib": doc.get("anomalib"),
-            **{k: _cell(v) for k, v in settings.items()},
+            **{k: _UNCAPPED if v is None and k in ("n_train", "n_test") else _cell(v) for k, v in settings.items()},
             "threads": doc.get("threads"), "device": prov.get("device"), "commit": prov.get("commit"),
             "timestamp": prov.get("timestamp"),
         })  # fmt: skip
     rows.sort(key=lambda r: _order(r["method"]))
-    return pd.DataFrame(rows).set_index("method") if rows else pd.DataFrame(columns=["record"]).rename_axis("method")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    middle = [k for k in keys if k not in _LEAD + _TAIL]
+    cols = [k for k in _LEAD if k in keys] + middle + [k for k in _TAIL if k in keys]
+    if not rows:
+        return pd.DataFrame(columns=["record"]).rename_axis("method")
+    return pd.DataFrame(rows, columns=cols, dtype=object).set_index("method")
 
 
 def styled(df: pd.DataFrame):
