@@ -237,7 +237,9 @@ class GANomaly(_ReconGAN):
     def _step(self, x: torch.Tensor, it: int) -> tuple[float, float]:
         c = self.config
         x_hat, z, z_hat = self._forward(x)
-        _, f_real = self.D.forward_features(x)
+        # one D pass on the real batch serves both losses: its features (detached) for L_adv, its
+        # logit for D's BCE (D's weights do not change in the G step)
+        l_real, f_real = self.D.forward_features(x)
         _, f_fake = self.D.forward_features(x_hat)
         loss_g = (
             c["w_adv"] * F.mse_loss(f_fake, f_real.detach())
@@ -247,7 +249,6 @@ class GANomaly(_ReconGAN):
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        l_real = self.D(x)
         l_fake = self.D(x_hat.detach())
         loss_d = 0.5 * (
             F.binary_cross_entropy_with_logits(l_real, torch.ones_like(l_real))
@@ -256,7 +257,7 @@ class GANomaly(_ReconGAN):
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        if float(loss_d) < 1e-5:  # GANomaly re-initialises a discriminator that has won
+        if float(loss_d.detach()) < 1e-5:  # GANomaly re-initialises a discriminator that has won
             self.D.apply(_weights_init)
         return float(loss_d.detach()), float(loss_g.detach())
 
@@ -340,7 +341,7 @@ class SkipGANomaly(_ReconGAN):
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        if float(loss_d) < 1e-5:
+        if float(loss_d.detach()) < 1e-5:
             self.D.apply(_weights_init)
         return float(loss_d.detach()), float(loss_g.detach())
 
