@@ -96,16 +96,19 @@ def knn(
         mean = bank.mean(0, keepdim=True)
         bank_c = bank - mean
         b_sq = (bank_c * bank_c).sum(1)
-        bank_lpT = bank_c.to(torch.bfloat16).T.contiguous()
-        b_sq_lp = b_sq.to(torch.bfloat16)[None, :]
         b_norm_max = float(b_sq.max().sqrt())
+        if k == 1:
+            aug_T, aug_bias = _bf16_augmented_bank(bank_c, b_sq)
+        else:
+            bank_lpT = bank_c.to(torch.bfloat16).T.contiguous()
+            b_sq_lp = b_sq.to(torch.bfloat16)[None, :]
     else:
         b_sq = (bank * bank).sum(1)
     dists, idxs = [], []
     for s in range(0, queries.shape[0], rows):
         q = queries[s : s + rows]
         if precision == "bf16" and k == 1:
-            v, i = _nearest_bf16(q, q - mean, bank, bank_lpT, b_sq_lp, b_norm_max)
+            v, i = _nearest_bf16(q, q - mean, bank, aug_T, aug_bias, b_norm_max)
         elif precision == "bf16":
             qc = q - mean
             approx = torch.addmm(b_sq_lp, qc.to(torch.bfloat16), bank_lpT, beta=1.0, alpha=-2.0)
@@ -124,28 +127,66 @@ def knn(
     return (dist[:, 0], idx[:, 0]) if k == 1 else (dist, idx)
 
 
+#: Columns per group of the bf16 pre-selection: a row's candidates are searched only inside the
+#: groups whose minimum is within the error band (one cheap vectorised ``amin`` over the block).
+BF16_GROUP = 64
+
+
+def _bf16_augmented_bank(bank_c: torch.Tensor, b_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bank of :func:`_nearest_bf16` in bfloat16: ``[−2 b_c | 1 | 0…]ᵀ`` (``[D', K']``) and the bias
+    ``‖b_c‖²`` (``[1, K']``); ``D' = D + 1`` rounded up to 16, ``K'`` to :data:`BF16_GROUP` (padding
+    columns get an infinite bias, so they are never candidates)."""
+    K, D = bank_c.shape
+    Kp = -(-K // BF16_GROUP) * BF16_GROUP
+    Dp = -(-(D + 1) // 16) * 16
+    aug = torch.zeros(Dp, Kp, dtype=torch.bfloat16, device=bank_c.device)
+    aug[:D, :K] = (-2.0 * bank_c).T.to(torch.bfloat16)
+    aug[D, :K] = 1.0
+    bias = torch.full((1, Kp), float("inf"), dtype=torch.bfloat16, device=bank_c.device)
+    bias[0, :K] = b_sq.to(torch.bfloat16)
+    return aug, bias
+
+
 def _nearest_bf16(
     q: torch.Tensor,
     qc: torch.Tensor,
     bank: torch.Tensor,
-    bank_lpT: torch.Tensor,
-    b_sq_lp: torch.Tensor,
+    aug_T: torch.Tensor,
+    aug_bias: torch.Tensor,
     b_norm_max: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact nearest neighbour (squared distance, index) of each row of ``q`` via a bf16 pre-selection.
 
-    ``a = ‖b‖² − 2 q·b`` is computed in bfloat16 on mean-centred data. Its error is at most
-    ``ε = 2⁻⁷ (‖b‖²_max + 2 ‖q‖ ‖b‖_max)`` (8-bit mantissas of the inputs and of the result), so every
-    bank row within ``2ε`` of a row's bf16 minimum is a candidate, and the true nearest neighbour is
-    always among them. Candidates get their distance in float32; the smallest wins (ties: lowest index).
+    One bfloat16 matrix product gives ``a = ‖b‖² − 2 q·b + s`` on mean-centred data (``q``, ``b``: the
+    centred query and bank rows), where the per-row constant ``s = ‖q‖² + o`` (an appended column)
+    makes every entry a squared distance plus an offset ``o`` larger than any rounding error, so all
+    entries are ≥ 0 and their bfloat16 bit patterns, read as int16, sort like the values: the row
+    minima and the threshold tests below run on int16 (vectorised, 10× faster than on bfloat16).
+
+    Error bound (unit roundoff u = 2⁻⁸ of bfloat16 inputs and outputs, float32 accumulation): every
+    entry near the row minimum is within ``ε = (4u ‖q‖ ‖b‖_max + 2u ‖b‖²_max + 2u a_min) / (1 − 4u)``
+    of its exact value (inputs of the product, the bias, and up to two roundings of the output), so
+    the true nearest neighbour is among the entries within ``2ε`` of the row's bf16 minimum. Those
+    candidates are found per group of :data:`BF16_GROUP` columns (only groups whose minimum lies in
+    the band are searched), re-scored in float32, and the smallest wins (ties: lowest index).
     """
-    approx = torch.addmm(b_sq_lp, qc.to(torch.bfloat16), bank_lpT, beta=1.0, alpha=-2.0)
-    amin = approx.min(1, keepdim=True).values.float()
-    eps = 2.0**-7 * (b_norm_max**2 + 2.0 * qc.norm(dim=1, keepdim=True) * b_norm_max)
-    thr = (amin + 2.0 * eps) * (1 + 2.0**-6) + 2.0**-6 * eps  # rounded to bf16 without going below
-    rows, cols = (approx <= thr.to(torch.bfloat16)).nonzero(as_tuple=True)
+    m, D = q.shape
+    n_groups = aug_T.shape[1] // BF16_GROUP
+    qn = qc.norm(dim=1, keepdim=True)
+    offset = 2.0**-5 * (qn * b_norm_max + b_norm_max**2 + qn * qn)  # > every rounding error, so a ≥ 0
+    q_aug = torch.zeros(m, aug_T.shape[0], dtype=torch.bfloat16, device=q.device)
+    q_aug[:, :D] = qc
+    q_aug[:, D : D + 1] = qn * qn + offset
+    a = torch.addmm(aug_bias, q_aug, aug_T).view(torch.int16).view(m, n_groups, BF16_GROUP)
+    group_min = a.amin(2)  # [m, groups]
+    a_min = group_min.amin(1, keepdim=True).view(torch.bfloat16).float()
+    eps = (2.0**-6 * qn * b_norm_max + 2.0**-7 * b_norm_max**2 + 2.0**-7 * a_min) / (1 - 2.0**-6)
+    # the band's upper end, rounded to bf16 upwards (the × (1 + 2⁻⁶) keeps round-to-nearest above it)
+    thr = ((a_min + 2.0 * eps) * (1 + 2.0**-6)).to(torch.bfloat16).view(torch.int16)
+    g_row, g_col = (group_min <= thr).nonzero(as_tuple=True)
+    k, o = (a[g_row, g_col] <= thr[g_row]).nonzero(as_tuple=True)
+    rows, cols = g_row[k], g_col[k] * BF16_GROUP + o
     d = (bank.index_select(0, cols) - q.index_select(0, rows)).pow_(2).sum(1)
-    m = q.shape[0]
     best = torch.full((m,), float("inf"), dtype=d.dtype, device=d.device).scatter_reduce_(0, rows, d, "amin")
     hit = d == best[rows]
     idx = torch.full((m,), bank.shape[0], dtype=torch.long, device=d.device)

@@ -95,6 +95,25 @@ def test_coreset_bad_arguments():
         greedy_coreset(x, 5, backend="cuda")
 
 
+@pytest.mark.parametrize("n_bank", [64, 1000, 3001])
+def test_knn_bf16_nearest_is_exact_against_float64(n_bank):
+    """k = 1 in bf16: the error band must always keep the true nearest neighbour (float64 oracle),
+    also with duplicated bank rows (exact ties), queries sitting on bank rows (distance 0), and a
+    bank whose size is not a multiple of the bf16 column group (padding never wins)."""
+    g = torch.Generator().manual_seed(n_bank)
+    centres = torch.randn(20, 152, generator=g) * 3 + 10
+    bank = centres[torch.randint(0, 20, (n_bank,), generator=g)] + 0.3 * torch.randn(n_bank, 152, generator=g)
+    bank[1::7] = bank[::7][: len(bank[1::7])]  # exact duplicates
+    q = centres[torch.randint(0, 20, (1500,), generator=g)] + 0.3 * torch.randn(1500, 152, generator=g)
+    q[:50] = bank[torch.randint(0, n_bank, (50,), generator=g)]  # on a bank row
+    true = torch.cdist(q.double(), bank.double(), compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    d, i = knn(q, bank, precision="bf16", chunk_bytes=2**20)
+    assert i.max() < n_bank
+    assert torch.allclose(d.double(), true, rtol=1e-5, atol=1e-4)
+    # the returned index is a nearest row: its float64 distance is the minimum
+    assert torch.allclose((q.double() - bank.double()[i]).norm(dim=1), true, rtol=1e-6, atol=1e-6)
+
+
 def test_knn_bf16_rerank_matches_exact():
     g = torch.Generator().manual_seed(8)
     centres = torch.randn(40, 152, generator=g) * 3 + 10  # far from the origin, as CNN features are

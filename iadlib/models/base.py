@@ -35,11 +35,12 @@ FORMAT_VERSION = 1
 
 def images_to_tensor(images: Sequence[np.ndarray], size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 images (grey or RGB) → float ``[N,3,S,S]`` in [0, 1], resized with antialiased bilinear."""
+    grey = all(np.ndim(im) == 2 for im in images)  # resize one channel, then repeat it (3× less work)
     out = []
     for im in images:
         im = np.ascontiguousarray(im)
         t = torch.from_numpy(im if im.flags.writeable else im.copy())
-        t = t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
+        t = t[None] if grey else t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
         out.append(t)
     shapes = {tuple(t.shape) for t in out}
     if size is None and len(shapes) > 1:
@@ -48,8 +49,9 @@ def images_to_tensor(images: Sequence[np.ndarray], size: int | tuple[int, int] |
         x = torch.stack(out).float().div_(255.0)
         if size is not None:
             x = _resize(x, size)
-        return x
-    return torch.cat([_resize(t[None].float().div_(255.0), size) for t in out])
+    else:
+        x = torch.cat([_resize(t[None].float().div_(255.0), size) for t in out])
+    return x.repeat(1, 3, 1, 1) if grey else x
 
 
 def _resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

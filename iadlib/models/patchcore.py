@@ -14,8 +14,8 @@
 
 Speed (see ``benchmarks/bench_patchcore.py``): bf16 autocast + channels_last for the backbone,
 exact greedy coreset with triangle-inequality and projection pruning
-(:func:`iadlib.kernels.greedy_coreset`), blocked matrix-product nearest neighbours (torch; on GPUs
-bf16 candidates re-scored in float32, ``knn_precision``) or a faiss
+(:func:`iadlib.kernels.greedy_coreset`), blocked matrix-product nearest neighbours (torch; exact bf16
+pre-selection re-scored in float32 on GPUs and on CPUs with native bf16, ``knn_precision``) or a faiss
 index (``search="faiss"``; a GPU index when CUDA is present and faiss has GPU support). Fit checks
 that the memory bank fits in memory before building it and says how much it needs.
 """
@@ -189,16 +189,16 @@ class PatchCore(Detector):
         p = self.config["knn_precision"]
         if p != "auto":
             return p
-        # bf16 on GPUs. On CPUs with native bf16 (AVX512-BF16/AMX) the bf16 pre-selection pays off only
-        # for large banks (2 cores, ELPV mono: 7.3 vs 7.4 ms/image at 3,387 rows, where the candidate
-        # bookkeeping eats the faster product; ~1.5x faster at 33,869 rows); float32 otherwise
+        # bf16 on GPUs. On CPUs with native bf16 (AVX512-BF16/AMX) the exact bf16 pre-selection
+        # (kernels._nearest_bf16) is ~2x faster than float32 from ~1k bank rows on (ELPV mono, 1 %
+        # coreset: 3,387 rows); below that its per-query bookkeeping outweighs the cheaper product
         if self.device.type == "cuda":
             return "bf16"
         try:
             native = torch.cpu._is_avx512_bf16_supported()
         except AttributeError:  # pragma: no cover - older torch
             native = False
-        return "bf16" if native and self.memory_bank is not None and len(self.memory_bank) >= 10_000 else "fp32"
+        return "bf16" if native and self.memory_bank is not None and len(self.memory_bank) >= 1024 else "fp32"
 
     def _faiss_index(self):
         if self._index is None:
