@@ -104,6 +104,15 @@ def test_flow_net_shapes_and_kernels():
     assert [tuple(z.shape[1:]) for z in zs] == shapes and all(ld.shape == (2,) for ld in lds)
 
 
+def test_subnet_width_follows_official_code():
+    """Hidden width = int(hidden_ratio · C_1) of the subnet's input half (official ``subnet_conv``)."""
+    for channels, ratio, hidden in [(24, 1.0, 12), (40, 1.0, 20), (5, 1.0, 3), (112, 0.16, 8)]:
+        step = AffineCouplingStep(channels, 3, ratio, 2.0, torch.randperm(channels))
+        conv1, _, conv2 = step.subnet
+        assert (conv1.in_channels, conv1.out_channels) == (channels - channels // 2, hidden)
+        assert (conv2.in_channels, conv2.out_channels) == (hidden, 2 * (channels // 2))
+
+
 def test_predict_shapes_and_training(fitted, data):
     _, test = data
     scores, maps = fitted.predict(test)

@@ -9,7 +9,8 @@ distribution *while keeping the spatial layout*; a pixel is anomalous where its 
   ResNet-style backbones).
 * **Flow step** (paper §3.2, Fig. 2; FrEIA's ``AllInOneBlock`` as in the official code): split the
   channels ``x = [x_1, x_2]``; ``(s, t) = NN(x_1)`` with ``NN`` = conv(k) → ReLU → conv(k), hidden
-  width ``hidden_ratio·C``; the kernel size ``k`` alternates 3×3 (even steps) and 1×1 (odd steps);
+  width ``hidden_ratio·C_1`` (``C_1 = ⌈C/2⌉`` the subnet's input channels, as in the official code's
+  ``subnet_conv(in_channels, …)``); the kernel size ``k`` alternates 3×3 (even steps) and 1×1 (odd steps);
   affine coupling ``y_2 = x_2 ⊙ exp(α·tanh(0.1 s)) + 0.1 t`` with clamp ``α = 2``; ``y = [x_1, y_2]``,
   then a learnt global affine (softplus scale, offset) and a fixed random channel permutation.
   ``log|det J| = Σ_{c,h,w} α·tanh(0.1 s) + H·W·Σ_c log scale_c``.
@@ -57,7 +58,7 @@ class AffineCouplingStep(nn.Module):
         super().__init__()
         self.c1 = channels - channels // 2  # conditioning half
         self.c2 = channels // 2  # transformed half
-        hidden = max(1, int(round(channels * hidden_ratio)))
+        hidden = max(1, int(self.c1 * hidden_ratio))  # official subnet_conv: int(in_channels * ratio)
         pad = kernel_size // 2
         self.subnet = nn.Sequential(
             nn.Conv2d(self.c1, hidden, kernel_size, padding=pad),
