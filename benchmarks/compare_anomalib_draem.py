@@ -177,6 +177,8 @@ def main() -> None:
     p.add_argument("--anomalib-source", default=None, help="anomaly source folder for anomalib (e.g. DTD)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-epoch warm-up of both sides")
     a = p.parse_args()
+    if a.anomalib_source and not Path(a.anomalib_source).is_dir():  # anomalib would try to download DTD
+        raise SystemExit(f"--anomalib-source {a.anomalib_source}: no such folder")
     device = start(a)
     if not a.no_warmup:  # untimed: neither side pays the process's one-time start-up inside its timing
         _, train, test = load_data(a.datasets[0], 2 * a.batch_size, 4, a.seed)

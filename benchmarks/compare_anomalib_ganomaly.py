@@ -2,10 +2,10 @@
 
     pip install .[compare]            # anomalib 2.x next to iadlib
     python benchmarks/compare_anomalib_ganomaly.py [--datasets elpv textures] [--epochs 3] [--batch-size 16]
-        [--image-size 64] [--n-features 64] [--latent-size 100] [--n-train 128] [--n-test N] [--device cpu]
+        [--image-size 64] [--n-features 64] [--latent-size 100] [--n-train N] [--n-test N] [--device cpu]
         [--no-warmup]
 
-Setting (issue 11): ELPV mono (the first ``--n-train`` of its 432 normal training cells; the whole
+Setting (issue 11): ELPV mono (its 432 normal training cells, or the first ``--n-train``; the whole
 balanced test set) and the synthetic ``brick`` textures (80 train, 75 test with pixel masks); both
 sides train from scratch (GANomaly has no backbone) on the same training images, for the same
 number of epochs at the same batch size and image size, with the same latent size (100) and
@@ -13,10 +13,10 @@ number of epochs at the same batch size and image size, with the same latent siz
 the width at ``max_channels`` (512 by default); here the cap is lifted to anomalib's uncapped
 doubling (``n_features · S / 8``), so both have the same layers and widths (at 64 px the cap does
 not bind anyway). 64 px rather than 256 px (where the uncapped widths reach 2048 channels and
-~176 M parameters) and 128 ELPV training cells keep the whole script (both datasets, both sides,
-3 epochs) within ~4 minutes on a 2-core CPU. Before the timed runs, both sides do an untimed
-one-epoch fit on two batches (``--no-warmup`` skips it), so that neither pays the process's
-one-time start-up (oneDNN kernels, allocator) inside its timing. Timed on each side:
+~176 M parameters) keeps the whole script (both datasets, both sides, 3 epochs) within ~4 minutes
+on a 2-core CPU. Before the timed runs, both sides do an untimed one-epoch fit on two batches
+(``--no-warmup`` skips it), so that neither pays the process's one-time start-up (oneDNN kernels,
+allocator) inside its timing. Timed on each side:
 
 * ours: ``iadlib.get_model("ganomaly", …).fit(train images)`` — resizing the training set once to
   [-1, 1], the alternating G / D updates — and ``predict(test images)`` (ms/image after a warm-up);
@@ -149,7 +149,6 @@ def run_anomalib(train, test, a, device: torch.device) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_args(p, epochs=3, batch_size=16, image_size=64)
-    p.set_defaults(n_train=128)
     p.add_argument("--n-features", type=int, default=64, help="channels next to the image (anomalib n_features)")
     p.add_argument("--latent-size", type=int, default=100, help="latent size (anomalib latent_vec_size)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-epoch warm-up of both sides")
