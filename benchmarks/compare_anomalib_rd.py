@@ -47,7 +47,9 @@ convolution + two residual blocks on our side (4 conv3×3) and two residual bloc
 up-samples with a transposed convolution (3 conv3×3 + a transposed-convolution shortcut) on anomalib's,
 so ours does ~20 % more decoder work per stage (trainable parameters, ``n_params`` in each row, for
 resnet18: 15.5 M ours, 18.7 M anomalib's, which counts its OCBE's unused ``conv4``/``bn4`` 1×1 layer,
-0.5 M, and the transposed-convolution shortcuts); our last block of each stage has no final ReLU;
+0.5 M, and the transposed-convolution shortcuts; with the Bottleneck ResNets, e.g. wide_resnet50_2,
+anomalib's OCE and decoder use bottleneck blocks where ours keeps basic blocks, so the work differs
+more); our last block of each stage has no final ReLU;
 anomalib's anomaly map (``add`` mode, its Lightning default) up-samples with ``align_corners=True``,
 ours with ``False``, both then smooth with σ = 4 px; initial weights come from each library's own
 initialisation (both seeded with ``--seed``); our training features are cached in memory (the
