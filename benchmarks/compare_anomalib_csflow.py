@@ -50,11 +50,11 @@ Every other way the two sides differ (each is what the library ships):
 * kernel sizes: anomalib (like the official code) uses 5×5 convolutions in the last coupling block,
   ours 3×3 in all blocks;
 * optimiser: ours Adam betas (0.9, 0.999), eps 1e-4, weight decay 1e-5, lr 2e-4, no gradient
-  clipping; anomalib as above;
+  clipping; anomalib as above (the official code: default betas, gradient norm clipped at 1);
 * loss: both Eq. 5, ``mean_b(½‖z_b‖² − log|det J_b|) / D``, but anomalib's
   ``ParallelGlowCouplingLayer`` returns the log-determinant already summed over the batch (a scalar),
   so ``CsFlowLoss`` subtracts the batch's *total* log|det J| from every sample: its Jacobian term
-  weighs B× (batch size) more than Eq. 5's;
+  weighs B× (batch size) more than Eq. 5's (the official code keeps it per sample);
 * anomalib clamps z to ±1e6; scores: anomalib ``mean(z²/2)`` (same ranking as ours ``mean z²``); maps:
   anomalib multiplies the three upsampled scale maps (``AnomalyMapMode.ALL``), ours averages them;
 * anomalib's flow runs through FrEIA's ``GraphINN`` (with its bookkeeping), ours is plain modules.
