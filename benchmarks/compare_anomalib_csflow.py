@@ -47,10 +47,9 @@ Every other way the two sides differ (each is what the library ships):
   ``F.interpolate`` default (nearest);
 * ours standardises the features per channel with the training mean / std (an invertible affine map,
   constant log-determinant); anomalib feeds the raw features;
-* kernel sizes: anomalib (like the official code) uses 5×5 convolutions in the last coupling block,
-  ours 3×3 in all blocks;
-* optimiser: ours Adam betas (0.9, 0.999), eps 1e-4, weight decay 1e-5, lr 2e-4, no gradient
-  clipping; anomalib as above (the official code: default betas, gradient norm clipped at 1);
+* kernel sizes: both as the official code (3×3 cross-convolutions, 5×5 in the last coupling block);
+* optimiser: ours Adam betas (0.9, 0.999), eps 1e-4, weight decay 1e-5, lr 2e-4, gradient norm
+  clipped at 1 (as the official code); anomalib as above;
 * loss: both Eq. 5, ``mean_b(½‖z_b‖² − log|det J_b|) / D``, but anomalib's
   ``ParallelGlowCouplingLayer`` returns the log-determinant already summed over the batch (a scalar),
   so ``CsFlowLoss`` subtracts the batch's *total* log|det J| from every sample: its Jacobian term
@@ -106,7 +105,7 @@ def anomalib_module(ours, size: int, hidden: int, device: torch.device):
     from anomalib.models.image.csflow import torch_model as tm
     from FrEIA.framework import InputNode
 
-    state = ours.extractor.model.state_dict()
+    state = ours.extractor.source_state_dict()
     channels, stride = ours.extractor.channels[0], ours.extractor.strides[0]
 
     class LiteMultiScale(tm.CsFlowMultiScaleFeatureExtractor):

@@ -75,3 +75,16 @@ def test_csflow_bad_config():
         get_model("csflow", image_size=100, device="cpu")
     with pytest.raises(ConfigError, match="epochs"):
         get_model("csflow", image_size=64, epochs=0, device="cpu")
+
+
+def test_official_kernel_sizes_and_clipping_options():
+    """Default layout as the official code: 3×3 cross-convolutions, 5×5 in the last block; bad
+    kernel lists and clipping norms are refused by name."""
+    flow = CrossScaleFlow(6, hidden=8, n_blocks=4)
+    sizes = [b.s1.conv_in[0].kernel_size[0] for b in flow.blocks]
+    assert sizes == [3, 3, 3, 5]
+    assert [b.s2.down[1].kernel_size[0] for b in flow.blocks] == [3, 3, 3, 5]
+    with pytest.raises(ConfigError, match="kernel_sizes"):
+        CrossScaleFlow(6, hidden=8, n_blocks=2, kernel_sizes=[3, 4])
+    with pytest.raises(ConfigError, match="max_grad_norm"):
+        get_model("csflow", max_grad_norm=0.0, device="cpu")

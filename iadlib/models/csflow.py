@@ -14,9 +14,11 @@ The method, as in §3 of the paper and its official code (``marco-rudolph/cs-flo
    scale and a strided (downsampling) finer scale, each output scaled by a learnt ``γ`` that
    starts at zero (so the flow starts as the identity). Scale factors are soft-clamped,
    ``γ(s) = 0.636 α · arctan(s/α)`` with ``α = 3``. A fixed random channel permutation precedes
-   every block; the paper stacks four blocks.
+   every block; the paper stacks four blocks, the official code with 3×3 cross-convolutions in the
+   first three and 5×5 in the last (``kernel_sizes``).
 3. **Training** (§3.3, Eq. 5): maximum likelihood under a standard normal,
-   ``L = (½‖z‖² − log|det J|) / D`` averaged over the batch (``D`` = all output dimensions).
+   ``L = (½‖z‖² − log|det J|) / D`` averaged over the batch (``D`` = all output dimensions);
+   Adam (lr 2·10⁻⁴) with gradients clipped to norm 1 as in the official code (``max_grad_norm``).
 4. **Scoring** (§3.4): image score = mean of ``z²`` over all scales, positions and channels (the
    official ``score = mean(z_concat ** 2)``); localisation: the per-position mean over channels of
    ``z²`` at each scale, upsampled to the input size and averaged over the scales.
@@ -83,13 +85,13 @@ class CrossScaleCoupling(nn.Module):
     """Parallel GLOW coupling over the three scales (CS-Flow Eq. 2–4, official
     ``parallel_glow_coupling_layer``) with soft clamping ``0.636 α arctan(s/α)``."""
 
-    def __init__(self, channels: int, hidden: int, clamp: float = 3.0):
+    def __init__(self, channels: int, hidden: int, clamp: float = 3.0, kernel_size: int = 3):
         super().__init__()
         self.c1 = channels // 2
         self.c2 = channels - self.c1
         self.clamp = clamp
-        self.s1 = CrossConvolutions(self.c1, 2 * self.c2, hidden)
-        self.s2 = CrossConvolutions(self.c2, 2 * self.c1, hidden)
+        self.s1 = CrossConvolutions(self.c1, 2 * self.c2, hidden, kernel_size)
+        self.s2 = CrossConvolutions(self.c2, 2 * self.c1, hidden, kernel_size)
 
     def log_e(self, s: torch.Tensor) -> torch.Tensor:
         return self.clamp * 0.636 * torch.atan(s / self.clamp)
@@ -116,14 +118,22 @@ class CrossScaleCoupling(nn.Module):
 
 
 class CrossScaleFlow(nn.Module):
-    """``n_blocks`` × (fixed channel permutation → :class:`CrossScaleCoupling`)."""
+    """``n_blocks`` × (fixed channel permutation → :class:`CrossScaleCoupling`).
 
-    def __init__(self, channels: int, hidden: int, n_blocks: int = 4, clamp: float = 3.0, seed: int = 0):
+    ``kernel_sizes``: the cross-convolutions' kernel per block; default as the official code
+    (``kernel_sizes = [3] * (n_coupling_blocks - 1) + [5]``): 3×3, and 5×5 in the last block.
+    """
+
+    def __init__(self, channels: int, hidden: int, n_blocks: int = 4, clamp: float = 3.0, seed: int = 0,
+                 kernel_sizes: Sequence[int] | None = None):
         super().__init__()
+        kernel_sizes = official_kernel_sizes(n_blocks) if kernel_sizes is None else list(kernel_sizes)
+        if len(kernel_sizes) != n_blocks or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+            raise ConfigError(f"CSFlow: kernel_sizes {kernel_sizes} must be {n_blocks} odd sizes, one per block")
         gen = np.random.default_rng(seed)
         for k in range(n_blocks):
             self.register_buffer(f"perm{k}", torch.from_numpy(gen.permutation(channels)).long())
-        self.blocks = nn.ModuleList(CrossScaleCoupling(channels, hidden, clamp) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(CrossScaleCoupling(channels, hidden, clamp, k) for k in kernel_sizes)
 
     def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         logdet = torch.zeros(xs[0].shape[0], device=xs[0].device)
@@ -133,6 +143,11 @@ class CrossScaleFlow(nn.Module):
             ys, ld = block([y[:, perm] for y in ys])
             logdet = logdet + ld
         return ys, logdet
+
+
+def official_kernel_sizes(n_blocks: int) -> list[int]:
+    """The official code's kernel sizes: 3×3 in every block but the last, 5×5 there."""
+    return [3] * (n_blocks - 1) + [5]
 
 
 def nll_loss(zs: Sequence[torch.Tensor], logdet: torch.Tensor) -> torch.Tensor:
@@ -159,6 +174,8 @@ class CSFlow(Detector):
         hidden: int = 1024,
         n_blocks: int = 4,
         clamp: float = 3.0,
+        kernel_sizes: Sequence[int] | None = None,
+        max_grad_norm: float | None = 1.0,
         epochs: int = 240,
         lr: float = 2e-4,
         image_size: int | None = None,
@@ -173,8 +190,12 @@ class CSFlow(Detector):
                 f"CSFlow: need epochs, hidden, n_blocks >= 1 and lr, clamp > 0; got epochs={epochs}, "
                 f"hidden={hidden}, n_blocks={n_blocks}, lr={lr}, clamp={clamp}"
             )
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ConfigError(f"CSFlow: max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        kernel_sizes = official_kernel_sizes(n_blocks) if kernel_sizes is None else [int(k) for k in kernel_sizes]
         self.config.update(backbone=backbone, layer=layer, hidden=hidden, n_blocks=n_blocks, clamp=clamp,
-                           epochs=epochs, lr=lr, verbose=verbose)
+                           kernel_sizes=kernel_sizes, max_grad_norm=max_grad_norm, epochs=epochs, lr=lr,
+                           verbose=verbose)
         self.verbose = verbose
         self.extractor = load_backbone(backbone, (layer,), self.device)
         channels = self.extractor.channels[0]
@@ -185,7 +206,7 @@ class CSFlow(Detector):
                 f"feature grids (stride {stride} at scales 1, 1/2, 1/4) halve exactly"
             )
         torch.manual_seed(seed)
-        self.flow = CrossScaleFlow(channels, hidden, n_blocks, clamp, seed).to(self.device)
+        self.flow = CrossScaleFlow(channels, hidden, n_blocks, clamp, seed, kernel_sizes).to(self.device)
         self.mean = torch.zeros(channels)
         self.std = torch.ones(channels)
         self._monitor: tuple[list[np.ndarray], np.ndarray] | None = None
@@ -260,6 +281,8 @@ class CSFlow(Detector):
                 loss = nll_loss(zs, logdet)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.config["max_grad_norm"] is not None:  # official code: clip_grad_norm_(…, 1)
+                    torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.config["max_grad_norm"])
                 opt.step()
                 losses.append(check_loss(loss.detach(), f"epoch {epoch}", "CSFlow"))
             self.history.setdefault("loss", []).append(float(np.mean(losses)))
