@@ -13,9 +13,10 @@ bottleneck, so the student cannot restore the teacher's features there.
   stage's resolution with stride-2 3×3 conv + BN + ReLU layers and concatenates them; the
   *one-class embedding* (OCE) block, a residual stage with stride 2, compresses the fusion into
   ``φ`` (channels ``embed_dim``, stride twice the last stage's).
-* **Student** ``D``: mirrors ``E``: per stage, from deep to shallow, a 2×2 transposed convolution
-  (stride 2) + BN + ReLU followed by residual blocks, giving ``f_D^k`` with ``f_E^k``'s channels
-  (the last block without its final ReLU: EfficientNet's stage outputs take both signs).
+* **Student** ``D``: mirrors ``E`` as the official ``de_resnet`` does: per stage, from deep to
+  shallow, residual blocks whose first one up-samples inside itself (2×2 transposed convolutions,
+  stride 2, on its main path and its shortcut), giving ``f_D^k`` with ``f_E^k``'s channels (the last
+  block without its final ReLU: EfficientNet's stage outputs take both signs).
 * **Eq. (2)** per-location cosine distance
   ``M^k(h, w) = 1 − f_E^k(h,w)ᵀ f_D^k(h,w) / (‖f_E^k(h,w)‖ ‖f_D^k(h,w)‖)``.
 * **Eq. (3)** knowledge-distillation loss ``L_KD = Σ_k 1/(H_k W_k) Σ_{h,w} M^k(h, w)`` (averaged over
@@ -117,25 +118,49 @@ class OCBE(nn.Module):
         return self.oce(fused)
 
 
+class UpBlock(nn.Module):
+    """The official decoder's up-sampling residual block (``DeBasicBlock`` of ``de_resnet``):
+    ``ReLU(BN(conv3×3(ReLU(BN(deconv(x))))) + BN(deconv'(x)))``, both transposed convolutions with
+    kernel = stride = ``factor`` (2 between ResNet stages). Up-sampling happens inside the block, not
+    in an extra layer before it."""
+
+    def __init__(self, cin: int, cout: int, factor: int, relu_out: bool = True):
+        super().__init__()
+        self.relu_out = relu_out
+        self.conv1 = nn.ConvTranspose2d(cin, cout, factor, factor, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.up = nn.Sequential(nn.ConvTranspose2d(cin, cout, factor, factor, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        y, idt = F.relu(self.bn1(self.conv1(x)), inplace=True), self.up(x)
+        if tuple(y.shape[-2:]) != tuple(size):  # odd feature sizes (image sizes not a multiple of 32)
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            idt = F.interpolate(idt, size=size, mode="bilinear", align_corners=False)
+        y = self.bn2(self.conv2(y)) + idt
+        return F.relu(y, inplace=True) if self.relu_out else y
+
+
 class UpStage(nn.Module):
-    """One student stage: 2^n× up-sampling by transposed convolution + BN + ReLU, then residual blocks."""
+    """One student stage as a layer of the official ``de_resnet``: ``n_blocks`` residual blocks, the
+    first of which up-samples 2^n× (:class:`UpBlock`; a plain block when the resolution stays)."""
 
     def __init__(self, cin: int, cout: int, factor: int, n_blocks: int):
         super().__init__()
-        if factor > 1:
-            self.up = nn.Sequential(
-                nn.ConvTranspose2d(cin, cout, factor, factor, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            )
-        else:
-            self.up = _conv_bn_relu(cin, cout, 1)
-        self.blocks = nn.Sequential(*[BasicBlock(cout, cout, relu_out=i < n_blocks - 1) for i in range(n_blocks)])
+        last = n_blocks == 1
+        self.first: nn.Module = (
+            UpBlock(cin, cout, factor, relu_out=not last) if factor > 1 else BasicBlock(cin, cout, relu_out=not last)
+        )
+        self.blocks = nn.Sequential(*[BasicBlock(cout, cout, relu_out=i < n_blocks - 2) for i in range(n_blocks - 1)])
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        y = self.up(x)
-        if tuple(y.shape[-2:]) != tuple(size):  # odd feature sizes (image sizes not a multiple of 32)
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        if isinstance(self.first, UpBlock):
+            y = self.first(x, size)
+        else:
+            y = self.first(x)
+            if tuple(y.shape[-2:]) != tuple(size):
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         return self.blocks(y)
 
 
