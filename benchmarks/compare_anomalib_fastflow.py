@@ -106,7 +106,7 @@ def anomalib_model(ours, a, device: torch.device):
             )
             for c, s in zip(channels, scales, strict=True)
         )
-    missing, unexpected = model.feature_extractor.load_state_dict(ours.backbone.model.state_dict(), strict=False)
+    missing, unexpected = model.feature_extractor.load_state_dict(ours.backbone.source_state_dict(), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"weights do not map onto anomalib's extractor: missing {missing}, unexpected {unexpected}")
     return model.to(device)

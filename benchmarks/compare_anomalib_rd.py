@@ -114,7 +114,7 @@ def anomalib_model(ours, a, device: torch.device):
         pre_trained=False,
     )
     theirs = model.encoder.feature_extractor
-    missing, unexpected = theirs.load_state_dict(ours.encoder.model.state_dict(), strict=False)
+    missing, unexpected = theirs.load_state_dict(ours.encoder.source_state_dict(), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"weights do not map onto anomalib's extractor: missing {missing}, unexpected {unexpected}")
     return model.to(device)

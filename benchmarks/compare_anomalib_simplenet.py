@@ -100,7 +100,7 @@ def anomalib_module(ours, epochs: int, size: int, device: torch.device):
                                 pre_processor=Supersimplenet.configure_pre_processor((size, size)),
                                 post_processor=False, evaluator=False, visualizer=False)
     timm_model = module.model.feature_extractor.feature_extractor.feature_extractor
-    timm_model.load_state_dict(ours.extractor.backbone.model.state_dict(), strict=True)
+    timm_model.load_state_dict(ours.extractor.backbone.source_state_dict(), strict=True)
     module._trainer = types.SimpleNamespace(max_epochs=epochs)  # configure_optimizers reads max_epochs
     return module.to(device)
 

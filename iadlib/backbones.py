@@ -131,11 +131,55 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def source_state_dict(self) -> dict[str, torch.Tensor]:
+        """The extractor's weights as loaded, before :func:`fold_batchnorm` (to load the very same
+        weights into another library's copy of the architecture, e.g. in ``benchmarks/``)."""
+        source = getattr(self, "_source_state", None)
+        return dict(source) if source is not None else self.model.state_dict()
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         # channels_last: oneDNN's fast convolution layout (1.7x on CPU for efficientnet_lite0 at 256 px,
         # features equal to 1e-4); the outputs come back in the default layout for downstream .view()s
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return [f.contiguous() for f in self.model(x)]
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold each eval-mode BatchNorm that directly follows a convolution into that convolution.
+
+    ``BN(conv(x)) = γ (W x + b − μ) / √(σ² + ε) + β`` is the convolution with weights ``W · s`` and
+    bias ``β + (b − μ) s``, ``s = γ / √(σ² + ε)``: exact up to float rounding for a frozen network,
+    and one pass over the activations less per layer (BatchNorm is a third of efficientnet_lite0's CPU
+    time). timm's ``BatchNormAct2d`` keeps only its activation; a plain BatchNorm becomes an
+    identity. Returns the number of folded pairs.
+    """
+    from timm.layers import BatchNormAct2d
+
+    folded = 0
+    for parent in list(model.modules()):
+        kids = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(kids, kids[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            if bn.running_mean is None or conv.out_channels != bn.num_features:
+                continue
+            with torch.no_grad():
+                scale = bn.running_var.add(bn.eps).rsqrt()
+                if bn.weight is not None:
+                    scale = scale * bn.weight
+                shift = -bn.running_mean * scale
+                if bn.bias is not None:
+                    shift = shift + bn.bias
+                if conv.bias is not None:
+                    shift = shift + conv.bias * scale
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter(shift.detach().clone(), requires_grad=False)
+            if isinstance(bn, BatchNormAct2d):
+                setattr(parent, bn_name, nn.Sequential(bn.drop, bn.act))
+            else:
+                setattr(parent, bn_name, nn.Identity())
+            folded += 1
+    return folded
 
 
 def load_backbone(
@@ -144,11 +188,16 @@ def load_backbone(
     device: str | torch.device = "auto",
     weights: str | os.PathLike | None = None,
     pretrained: bool = True,
+    fold_bn: bool = True,
 ) -> Backbone:
     """A timm ``features_only`` extractor for stages ``layers``, frozen, in eval mode, on ``device``.
 
     For efficientnet_lite0 the stages have strides 2, 4, 8, 16, 32 and 16, 24, 40, 112, 320 channels;
     ``layers=(2, 3)`` gives PatchCore's mid-level features (40 + 112 = 152 channels).
+
+    The extractor is frozen, so with ``fold_bn`` (default) every BatchNorm is folded into the
+    convolution before it (:func:`fold_batchnorm`: same features to float rounding, ~20 % faster);
+    :meth:`Backbone.source_state_dict` still gives the weights as loaded.
     """
     import timm
 
@@ -175,6 +224,9 @@ def load_backbone(
             if missing:
                 raise WeightsError(f"{name}: weights miss {len(missing)} tensors of the extractor, e.g. {missing[:3]}")
     bb = Backbone(name, layers, model).to(dev).eval()
+    if fold_bn:
+        bb._source_state = {k: v.detach().cpu().clone() for k, v in bb.model.state_dict().items()}
+        fold_batchnorm(bb.model)
     bb.model.to(memory_format=torch.channels_last)
     for p in bb.parameters():
         p.requires_grad_(False)

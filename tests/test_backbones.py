@@ -49,7 +49,8 @@ def test_features_only_extractor_matches_classifier_trunk(classifier):
             h = block(h)
             outs.append(h)
     # timm's features_only stage indices map onto the block groups with the matching stride
-    assert torch.allclose(f3, outs[4], atol=1e-5)
+    # (equal to float rounding: the extractor has its frozen BatchNorms folded into the convolutions)
+    assert torch.allclose(f3, outs[4], atol=2e-5 * float(outs[4].abs().max()))
     assert not any(p.requires_grad for p in bb.parameters())
 
 
@@ -81,3 +82,24 @@ def test_local_weights_file(tmp_path, monkeypatch):
         want = ref((x - bb.mean) / bb.std)[1]
     assert got.shape == (1, 128, 8, 8)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_fold_batchnorm_keeps_features_and_source_weights():
+    """Folding the frozen BatchNorms into the convolutions changes the features only by float
+    rounding, leaves no BatchNorm behind, and source_state_dict() still gives the loaded weights."""
+    import torch.nn as nn
+
+    from iadlib.backbones import load_backbone
+
+    folded = load_backbone("efficientnet_lite0", (1, 2, 3), "cpu")
+    plain = load_backbone("efficientnet_lite0", (1, 2, 3), "cpu", fold_bn=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules()) > 10
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for a, b in zip(folded(x), plain(x)):
+            assert a.shape == b.shape
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    src, ref = folded.source_state_dict(), plain.model.state_dict()
+    assert src.keys() == ref.keys()
+    assert all(torch.equal(src[k], ref[k]) for k in ref)
