@@ -242,7 +242,7 @@ def test_appendix_notebook_shows_the_records(roots, tmp_path):
     # the local records' values and commits, the not-measured methods, and the settings
     assert "new999" in html and "dr0001" in html and "pc0001" in html
     assert "×3.00" in html and "×0.80" in html and "×48.00" in html
-    assert "ganomaly" in html and perf.NOT_MEASURED in html
+    assert "ganomaly" in html  # measured in the committed records, or listed as not measured
     assert "resnet18 (random, seed 0)" in html and f"{RD_FILE} (local run)" in html
     assert "PatchCore vs anomalib 2.7.0" in text  # the existing PatchCore cell reads the local record too
     heads = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("#")]
@@ -250,3 +250,28 @@ def test_appendix_notebook_shows_the_records(roots, tmp_path):
     end = next((i for i in heads if i > sec), len(nb.cells))
     section = [o for c in nb.cells[sec:end] if c.cell_type == "code" for o in c.get("outputs", [])]
     assert sum("image/png" in o.get("data", {}) for o in section) == 1  # the speed-up figure
+
+
+def test_patchcore_targets_read_from_records(roots):
+    """Each issue-2/11 target is read from its record, compared with its goal, and a missing record
+    shows as 'not measured' (never as met)."""
+    results, records = roots
+    t = perf.patchcore_targets(results, records).set_index("target")
+    assert t.loc["fit vs anomalib, 1 % (×)", "measured"] == pytest.approx(48.0)
+    assert t.loc["fit vs anomalib, 1 % (×)", "met"] == "yes"
+    assert t.loc["predict vs anomalib, 1 % (×)", "met"] == "no"  # 1.5 < 2
+    assert t.loc["fit vs anomalib, 10 % (×)", "met"] == "yes"
+    assert t.loc["fit, 1 % coreset (s)", "met"] == "not measured"  # no patchcore.json here
+    assert math.isnan(t.loc["peak RSS of the fit on ELPV poly (GiB)", "measured"])
+    _write(records, "patchcore.json", {"benchmark": "patchcore", "rows": [
+        {"coreset_ratio": 0.01, "fit_s": 9.0, "predict_ms_per_image": 16.0},
+        {"coreset_ratio": 0.1, "fit_s": 95.0, "predict_ms_per_image": 60.0}]})
+    _write(records, "patchcore_poly.json", {"benchmark": "patchcore", "rows": [
+        {"coreset_ratio": 0.01, "peak_rss_mb": 2048.0}, {"coreset_ratio": 0.1, "peak_rss_mb": 3072.0}]})
+    _write(records, "patchcore_auroc_seeds.json", {"benchmark": "patchcore_auroc_seeds", "rows": [
+        {"coreset_ratio": 0.01, "seeds": [0, 1], "ours": {"mean": 0.95, "std": 0.01},
+         "anomalib": {"mean": 0.94, "std": 0.01}}]})
+    t = perf.patchcore_targets(results, records).set_index("target")
+    assert list(t["met"]) == ["yes", "no", "no", "yes", "yes", "no", "yes", "yes"]
+    assert t.loc["peak RSS of the fit on ELPV poly (GiB)", "measured"] == pytest.approx(3.0)
+    assert t.loc["image AUROC − anomalib's, 1 %, mean over seeds", "measured"] == pytest.approx(0.01)

@@ -282,3 +282,57 @@ def styled(df: pd.DataFrame):
 def styled_settings(settings: pd.DataFrame):
     """:func:`anomalib_settings` transposed (one column per method) as a Styler: full texts, "–" if absent."""
     return settings.T.style.format(na_rep="–").set_properties(**{"text-align": "left"})
+
+
+#: Issue 2 / 11 targets of PatchCore on the 2-core CPU: (what, record, goal text, test on the value).
+def _targets() -> list[tuple[str, str, str, Any]]:
+    return [
+        ("fit, 1 % coreset (s)", "patchcore.json", "< 30", lambda v: v < 30),
+        ("fit, 10 % coreset (s)", "patchcore.json", "< 90", lambda v: v < 90),
+        ("predict, 1 % coreset (ms/image)", "patchcore.json", "≤ 15", lambda v: v <= 15),
+        ("fit vs anomalib, 1 % (×)", "anomalib_patchcore.json", "≥ 15", lambda v: v >= 15),
+        ("fit vs anomalib, 10 % (×)", "anomalib_patchcore.json", "≥ 50", lambda v: v >= 50),
+        ("predict vs anomalib, 1 % (×)", "anomalib_patchcore.json", "≥ 2", lambda v: v >= 2),
+        ("image AUROC − anomalib's, 1 %, mean over seeds", "patchcore_auroc_seeds.json", "≥ 0", lambda v: v >= 0),
+        ("peak RSS of the fit on ELPV poly (GiB)", "patchcore_poly.json", "< 4", lambda v: v < 4),
+    ]
+
+
+def _row_at(doc: dict[str, Any] | None, ratio: float) -> dict[str, Any] | None:
+    for row in (doc or {}).get("rows", []):
+        if isinstance(row, dict) and abs(float(row.get("coreset_ratio", -1)) - ratio) < 1e-9:
+            return row
+    return None
+
+
+def patchcore_targets(results_root: str | Path | None = None, records_dir: str | Path = RECORDS_DIR) -> pd.DataFrame:
+    """The PatchCore targets of issues 2 and 11 against the benchmark records: one row per target
+    with the measured value (NaN when its record or row is missing), the goal and whether it is met."""
+    docs = {n: find_benchmark(n, results_root, records_dir) for n in
+            ("patchcore.json", "anomalib_patchcore.json", "patchcore_auroc_seeds.json", "patchcore_poly.json")}
+    pc1, pc10 = _row_at(docs["patchcore.json"], 0.01), _row_at(docs["patchcore.json"], 0.1)
+    an1, an10 = _row_at(docs["anomalib_patchcore.json"], 0.01), _row_at(docs["anomalib_patchcore.json"], 0.1)
+    seeds = _row_at(docs["patchcore_auroc_seeds.json"], 0.01)
+    poly = docs["patchcore_poly.json"]
+
+    def get(row: dict[str, Any] | None, *keys: str) -> float:
+        for key in keys:
+            row = row.get(key) if isinstance(row, dict) else None
+        return float(row) if isinstance(row, (int, float)) and not isinstance(row, bool) else math.nan
+
+    values = [
+        get(pc1, "fit_s"),
+        get(pc10, "fit_s"),
+        get(pc1, "predict_ms_per_image"),
+        get(an1, "speedup_fit_s"),
+        get(an10, "speedup_fit_s"),
+        get(an1, "speedup_predict_ms_per_image"),
+        get(seeds, "ours", "mean") - get(seeds, "anomalib", "mean"),
+        max((get(r, "peak_rss_mb") for r in (poly or {}).get("rows", [])), default=math.nan) / 1024,
+    ]
+    rows = []
+    for (what, record, goal, ok), value in zip(_targets(), values):
+        met = None if math.isnan(value) else bool(ok(value))
+        rows.append({"target": what, "measured": value, "goal": goal,
+                     "met": {True: "yes", False: "no", None: "not measured"}[met], "record": record})
+    return pd.DataFrame(rows)
