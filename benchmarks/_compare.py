@@ -14,6 +14,7 @@ one process). Ratios are *anomalib ÷ ours*: > 1 means ours is faster / smaller.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -197,7 +198,37 @@ def common_args(p, epochs: int, batch_size: int, image_size: int):
     p.add_argument("--n-test", type=int, default=None, help="cap the test set, class-stratified")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="record path (default records/anomalib_<method>.json)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-epoch warm-up of both sides")
     return p
+
+
+def run_datasets(
+    a: argparse.Namespace,
+    label: str,
+    pair: Callable[[Any, Any, argparse.Namespace], tuple[dict[str, Any], dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Both sides on every dataset of ``a.datasets``: ``pair(train, test, args) -> (ours, anomalib)``.
+
+    First (unless ``--no-warmup``) an untimed one-epoch run of both sides on a few images, so that
+    neither pays the process's one-time start-up (library imports, oneDNN kernels) inside its timing.
+    Returns the record's rows (``dataset``, sizes, both sides, :func:`ratios`) and prints a line each.
+    """
+    if not a.no_warmup:
+        _, train, test = load_data(a.datasets[0], 2 * a.batch_size, 4, seed=a.seed)
+        pair(train, test, argparse.Namespace(**{**vars(a), "epochs": 1}))
+    rows = []
+    for name in a.datasets:
+        _, train, test = load_data(name, a.n_train, a.n_test, seed=a.seed)
+        print(f"{name}: {len(train)} train, {len(test)} test", flush=True)
+        ours, theirs = pair(train, test, a)
+        row = {"dataset": name, "n_train": len(train), "n_test": len(test), "ours": ours, "anomalib": theirs,
+               **ratios(ours, theirs)}
+        rows.append(row)
+        extra = ""
+        if "n_params" in ours and "n_params" in theirs:
+            extra = f"; parameters {ours['n_params']} vs {theirs['n_params']}"
+        print(line(label, name, row) + extra, flush=True)
+    return rows
 
 
 def start(a) -> torch.device:

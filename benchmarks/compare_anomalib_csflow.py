@@ -76,7 +76,7 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn as nn
-from _compare import batches, common_args, line, load_data, ratios, side, start, write_record
+from _compare import batches, common_args, run_datasets, side, start, write_record
 
 import iadlib
 
@@ -178,27 +178,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_args(p, epochs=2, batch_size=16, image_size=256)
     p.add_argument("--hidden", type=int, default=64, help="cross-convolution hidden channels (both sides)")
-    p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-epoch warm-up of both sides")
     p.set_defaults(n_train=64)
     a = p.parse_args()
     device = start(a)
-    if not a.no_warmup:  # untimed: neither side pays the process's one-time start-up inside its timing
-        _, train, test = load_data(a.datasets[0], 2 * a.batch_size, 4, seed=a.seed)
-        small = argparse.Namespace(**{**vars(a), "epochs": 1})
-        _, model = run_ours(train, test, small, device)
-        run_anomalib(model, train, test, small, device)
-        del model
-    rows = []
-    for name in a.datasets:
-        _, train, test = load_data(name, a.n_train, a.n_test, a.seed)
-        print(f"{name}: {len(train)} train, {len(test)} test", flush=True)
-        ours, model = run_ours(train, test, a, device)
-        theirs = run_anomalib(model, train, test, a, device)
-        del model
-        row = {"dataset": name, "n_train": len(train), "n_test": len(test), "ours": ours, "anomalib": theirs,
-               **ratios(ours, theirs)}
-        rows.append(row)
-        print(line("CS-Flow", name, row), flush=True)
+
+    def pair(train, test, args):
+        ours, model = run_ours(train, test, args, device)
+        return ours, run_anomalib(model, train, test, args, device)
+
+    rows = run_datasets(a, "CS-Flow", pair)
     settings = {
         "epochs": a.epochs, "batch_size": a.batch_size, "image_size": a.image_size, "hidden": a.hidden,
         "n_blocks": N_BLOCKS, "clamp": CLAMP, "n_train": a.n_train, "n_test": a.n_test, "seed": a.seed,

@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import batches, common_args, line, load_data, ratios, side, start, write_record  # noqa: E402
+from _compare import batches, common_args, run_datasets, side, start, write_record  # noqa: E402
 
 import iadlib  # noqa: E402
 
@@ -175,28 +175,15 @@ def main() -> None:
     p.set_defaults(n_train=128)
     p.add_argument("--width", type=int, default=16, help="reconstructive width (discriminative: half); paper 128")
     p.add_argument("--anomalib-source", default=None, help="anomaly source folder for anomalib (e.g. DTD)")
-    p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-epoch warm-up of both sides")
     a = p.parse_args()
     if a.anomalib_source and not Path(a.anomalib_source).is_dir():  # anomalib would try to download DTD
         raise SystemExit(f"--anomalib-source {a.anomalib_source}: no such folder")
     device = start(a)
-    if not a.no_warmup:  # untimed: neither side pays the process's one-time start-up inside its timing
-        _, train, test = load_data(a.datasets[0], 2 * a.batch_size, 4, a.seed)
-        small = argparse.Namespace(**{**vars(a), "epochs": 1})
-        run_ours(train, test, small, device)
-        run_anomalib(train, test, small, device)
-    rows = []
-    for name in a.datasets:
-        _, train, test = load_data(name, a.n_train, a.n_test, a.seed)
-        print(f"{name}: {len(train)} train, {len(test)} test", flush=True)
-        ours = run_ours(train, test, a, device)
-        theirs = run_anomalib(train, test, a, device)
-        if ours["n_params"] != theirs["n_params"]:
-            print(f"  note: parameter counts differ: ours {ours['n_params']}, anomalib {theirs['n_params']}")
-        row = {"dataset": name, "n_train": len(train), "n_test": len(test), "ours": ours, "anomalib": theirs,
-               **ratios(ours, theirs)}
-        rows.append(row)
-        print(line("DRAEM", name, row), flush=True)
+
+    def pair(train, test, args):
+        return run_ours(train, test, args, device), run_anomalib(train, test, args, device)
+
+    rows = run_datasets(a, "DRAEM", pair)
     settings = {
         "epochs": a.epochs,
         "batch_size": a.batch_size,

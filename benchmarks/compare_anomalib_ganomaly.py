@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import batches, common_args, line, load_data, ratios, side, start, write_record  # noqa: E402
+from _compare import batches, common_args, run_datasets, side, start, write_record  # noqa: E402
 
 import iadlib  # noqa: E402
 
@@ -151,26 +151,15 @@ def main() -> None:
     common_args(p, epochs=3, batch_size=16, image_size=64)
     p.add_argument("--n-features", type=int, default=64, help="channels next to the image (anomalib n_features)")
     p.add_argument("--latent-size", type=int, default=100, help="latent size (anomalib latent_vec_size)")
-    p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-epoch warm-up of both sides")
     a = p.parse_args()
     if a.image_size < 8 or a.image_size & (a.image_size - 1):
         raise SystemExit(f"--image-size {a.image_size}: GANomaly's DCGAN networks need a power of two ≥ 8")
     device = start(a)
-    if not a.no_warmup:  # untimed: neither side pays the process's one-time start-up inside its timing
-        _, train, test = load_data(a.datasets[0], 2 * a.batch_size, 4, a.seed)
-        small = argparse.Namespace(**{**vars(a), "epochs": 1})
-        run_ours(train, test, small, device)
-        run_anomalib(train, test, small, device)
-    rows = []
-    for name in a.datasets:
-        _, train, test = load_data(name, a.n_train, a.n_test, a.seed)
-        print(f"{name}: {len(train)} train, {len(test)} test", flush=True)
-        ours = run_ours(train, test, a, device)
-        theirs = run_anomalib(train, test, a, device)
-        row = {"dataset": name, "n_train": len(train), "n_test": len(test), "ours": ours, "anomalib": theirs,
-               **ratios(ours, theirs)}
-        rows.append(row)
-        print(line("GANomaly", name, row) + f"; parameters {ours['n_params']} vs {theirs['n_params']}", flush=True)
+
+    def pair(train, test, args):
+        return run_ours(train, test, args, device), run_anomalib(train, test, args, device)
+
+    rows = run_datasets(a, "GANomaly", pair)
     settings = {
         "epochs": a.epochs,
         "batch_size": a.batch_size,
