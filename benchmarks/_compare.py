@@ -134,6 +134,31 @@ def side(
     }
 
 
+def anomalib_predict(model: torch.nn.Module, a: argparse.Namespace, device: torch.device,
+                     normalise: bool = True, maps: bool = True) -> Callable[[Sequence[np.ndarray]], tuple]:
+    """anomalib's inference as a ``predict(images) -> (scores, maps or None)``: eval-mode forward of its
+    torch model on the same tensors as ours, its ``InferenceBatch.pred_score`` / ``.anomaly_map``
+    (reshaped to ``[N,H,W]``)."""
+
+    @torch.no_grad()
+    def predict(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        model.eval()
+        scores, out_maps = [], []
+        for x in batches(images, a.image_size, a.batch_size, device, normalise=normalise):
+            out = model(x)
+            scores.append(out.pred_score.flatten().float().cpu())
+            if maps:
+                out_maps.append(out.anomaly_map.reshape(len(x), *out.anomaly_map.shape[-2:]).float().cpu())
+        return torch.cat(scores).numpy(), torch.cat(out_maps).numpy() if maps else None
+
+    return predict
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
     """anomalib ÷ ours for the time and memory columns (> 1: ours is faster / smaller)."""
     out = {}

@@ -76,7 +76,7 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn as nn
-from _compare import batches, common_args, run_datasets, side, start, write_record
+from _compare import anomalib_predict, batches, common_args, run_datasets, side, start, write_record
 
 import iadlib
 
@@ -153,15 +153,7 @@ def run_anomalib(ours, train, test, a, device: torch.device) -> dict:
                 opt.step()
         model.eval()
 
-    @torch.no_grad()
-    def predict(imgs):
-        model.eval()
-        scores, maps = [], []
-        for x in batches(imgs, a.image_size, a.batch_size, device):
-            out = model(x)
-            scores.append(out.pred_score.flatten().float().cpu())
-            maps.append(out.anomaly_map[:, 0].float().cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+    predict = anomalib_predict(model, a, device)
 
     return side(fit, predict, test)
 

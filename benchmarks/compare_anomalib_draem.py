@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import batches, common_args, run_datasets, side, start, write_record  # noqa: E402
+from _compare import anomalib_predict, batches, common_args, run_datasets, side, start, write_record  # noqa: E402
 
 import iadlib  # noqa: E402
 
@@ -154,15 +154,7 @@ def run_anomalib(train, test, a, device: torch.device) -> dict:
             sched.step()
         model.eval()
 
-    @torch.no_grad()
-    def predict(imgs):
-        model.eval()
-        scores, maps = [], []
-        for x in batches(imgs, a.image_size, a.batch_size, device, normalise=False):
-            out = model(x)
-            scores.append(out.pred_score.flatten().float().cpu())
-            maps.append(out.anomaly_map.reshape(len(x), *x.shape[-2:]).float().cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+    predict = anomalib_predict(model, a, device, normalise=False)
 
     out = side(fit, predict, test)
     out["n_params"] = n_params(model)

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import batches, common_args, run_datasets, side, start, write_record  # noqa: E402
+from _compare import anomalib_predict, batches, common_args, run_datasets, side, start, write_record  # noqa: E402
 
 import iadlib  # noqa: E402
 
@@ -132,14 +132,7 @@ def run_anomalib(train, test, a, device: torch.device) -> dict:
                 d_opt.step()
         model.eval()
 
-    @torch.no_grad()
-    def predict(imgs):
-        model.eval()
-        scores = [
-            model(x).pred_score.flatten().float().cpu()
-            for x in batches(imgs, a.image_size, a.batch_size, device, normalise=True)
-        ]
-        return torch.cat(scores).numpy(), None
+    predict = anomalib_predict(model, a, device, maps=False)
 
     out = side(fit, predict, test)
     out["n_params"] = n_params(model)

@@ -70,7 +70,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import batches, common_args, run_datasets, side, start, write_record  # noqa: E402
+from _compare import anomalib_predict, batches, common_args, n_params, run_datasets, side, start, write_record  # noqa: E402
 
 import iadlib  # noqa: E402
 from iadlib.utils import torch_save_atomic  # noqa: E402
@@ -158,17 +158,9 @@ def run_anomalib(ours_model, train, test, a, device: torch.device) -> dict:
                 opt.step()
         model.eval()
 
-    @torch.no_grad()
-    def predict(imgs):
-        scores, maps = [], []
-        for x in batches(imgs, a.image_size, a.batch_size, device):
-            out = model(x)
-            scores.append(out.pred_score.flatten().float().cpu())
-            maps.append(out.anomaly_map[:, 0].float().cpu())
-        return torch.cat(scores), torch.cat(maps)
+    predict = anomalib_predict(model, a, device)
 
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return side(fit, predict, test, n_params=n_params)
+    return side(fit, predict, test, n_params=n_params(model))
 
 
 def main() -> None:
