@@ -25,15 +25,16 @@ import numpy as np
 import torch
 
 import iadlib
+from iadlib.backbones import IMAGENET_MEAN, IMAGENET_STD
 from iadlib.metrics import image_auroc, pixel_auroc
 from iadlib.models.base import images_to_tensor
 from iadlib.results import provenance
 from iadlib.utils import PeakMemory, _rss_bytes, atomic_write_text, resolve_device, seed_everything
 
 RECORDS = Path(__file__).resolve().parent / "records"
-#: ImageNet statistics (what timm's efficientnet_lite0 and anomalib's extractors expect).
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+#: ImageNet statistics (what our backbones apply inside and anomalib's extractors expect outside).
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def load_data(name: str, n_train: int | None = None, n_test: int | None = None, seed: int = 0):

@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import iadlib
-from iadlib.metrics import image_auroc
-from iadlib.models.base import iter_batches
-from iadlib.results import provenance
-from iadlib.utils import PeakMemory, atomic_write_text, resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _compare import batches  # noqa: E402
+
+import iadlib  # noqa: E402
+from iadlib.kernels import greedy_coreset  # noqa: E402
+from iadlib.metrics import image_auroc  # noqa: E402
+from iadlib.results import provenance  # noqa: E402
+from iadlib.utils import PeakMemory, atomic_write_text, resolve_device  # noqa: E402
 
 #: Measured records are committed here (with their provenance) for the book's appendix.
 RECORDS = Path(__file__).resolve().parent / "records"
@@ -57,21 +61,39 @@ def anomalib_model(ours: iadlib.models.patchcore.PatchCore, device: torch.device
 
 def normalised_batches(model, images, device):
     """The exact tensors our backbone sees after its built-in ImageNet normalisation."""
-    mean, std = model.backbone.mean.to(device), model.backbone.std.to(device)
-    for x in iter_batches(images, model.batch_size, model.image_size, device):
-        yield (x - mean) / std
+    return batches(images, model.image_size, model.batch_size, device)
+
+
+def anomalib_features(anomalib, ours, images, device) -> torch.Tensor:
+    """anomalib's memory bank before subsampling: its training-mode forward over ``images``."""
+    anomalib.train()
+    for x in normalised_batches(ours, images, device):
+        anomalib(x)
+    return torch.vstack(anomalib.embedding_store)
+
+
+def use_coreset(anomalib, bank: torch.Tensor, idx) -> None:
+    """Give anomalib's model the coreset ``bank[idx]`` (what its ``subsample_embedding`` stores)."""
+    anomalib.memory_bank = bank[idx]
+    anomalib.embedding_store = []
+
+
+@torch.no_grad()
+def anomalib_scores(anomalib, ours, images, device) -> np.ndarray:
+    """anomalib's image scores: its eval-mode forward over the same tensors as ours."""
+    anomalib.eval()
+    scores = [anomalib(x).pred_score.flatten().float().cpu() for x in normalised_batches(ours, images, device)]
+    return torch.cat(scores).numpy()
 
 
 def run_anomalib(ours, ds, ratio: float, device: torch.device, steps: int | None) -> dict:
     from anomalib.models.components import KCenterGreedy
 
     model = anomalib_model(ours, device)
-    model.train()
     out: dict = {}
     with PeakMemory() as mem:
         t0 = time.perf_counter()
-        for x in normalised_batches(ours, ds.train.images(), device):
-            model(x)
+        bank = anomalib_features(model, ours, ds.train.images(), device)
         out["features_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         if steps is None:
@@ -79,7 +101,6 @@ def run_anomalib(ours, ds, ratio: float, device: torch.device, steps: int | None
             out["coreset_s"] = time.perf_counter() - t1
             out["extrapolated"] = False
         else:
-            bank = torch.vstack(model.embedding_store)
             sampler = KCenterGreedy(embedding=bank, sampling_ratio=ratio)
             sampler.coreset_size = steps + 1
             first = sampler.select_coreset_idxs()
@@ -93,24 +114,16 @@ def run_anomalib(ours, ds, ratio: float, device: torch.device, steps: int | None
         # the rest of anomalib's selection (same projected features, same start: the greedy sequence is
         # determined by them) by our exact kernel, untimed, so that its predict time and AUROC are measured
         # on the memory bank it would have built
-        from iadlib.kernels import greedy_coreset
-
         idx = greedy_coreset(sampler.features.float().contiguous(), n, start=int(first[0]))
         if idx[: len(first)].tolist() != [int(i) for i in first]:
             raise RuntimeError("our greedy kernel did not reproduce anomalib's first selections")
-        model.memory_bank = bank[idx]
-        model.embedding_store = []
+        use_coreset(model, bank, idx)
         out["selection_completed_by"] = "iadlib.kernels.greedy_coreset (untimed; first steps checked equal)"
-    model.eval()
     test = ds.test.images()
-    next(iter(normalised_batches(ours, test[:8], device)))
-    scores = []
     t2 = time.perf_counter()
-    with torch.no_grad():
-        for x in normalised_batches(ours, test, device):
-            scores.append(model(x).pred_score.flatten().float().cpu())
+    scores = anomalib_scores(model, ours, test, device)
     out["predict_ms_per_image"] = 1000 * (time.perf_counter() - t2) / len(test)
-    out["image_auroc"] = image_auroc(ds.test.labels, torch.cat(scores).numpy())
+    out["image_auroc"] = image_auroc(ds.test.labels, scores)
     return out
 
 
@@ -145,28 +158,16 @@ def anomalib_auroc_fast_select(ours, ds, ratio: float, device: torch.device, see
     """
     from anomalib.models.components import KCenterGreedy
 
-    from iadlib.kernels import greedy_coreset
-
     torch.manual_seed(seed)
     model = anomalib_model(ours, device)
-    model.train()
-    for x in normalised_batches(ours, ds.train.images(), device):
-        model(x)
-    bank = torch.vstack(model.embedding_store)
+    bank = anomalib_features(model, ours, ds.train.images(), device)
     sampler = KCenterGreedy(embedding=bank, sampling_ratio=ratio)
     sampler.model.random_state = seed
     sampler.model.fit(bank)
     feats = sampler.model.transform(bank).float().contiguous()
     start = int(torch.randint(high=sampler.n_observations, size=(1,), device=feats.device).squeeze())
-    idx = greedy_coreset(feats, sampler.coreset_size, start=start)
-    model.memory_bank = bank[idx]
-    model.embedding_store = []
-    model.eval()
-    scores = []
-    with torch.no_grad():
-        for x in normalised_batches(ours, ds.test.images(), device):
-            scores.append(model(x).pred_score.flatten().float().cpu())
-    return image_auroc(ds.test.labels, torch.cat(scores).numpy())
+    use_coreset(model, bank, greedy_coreset(feats, sampler.coreset_size, start=start))
+    return image_auroc(ds.test.labels, anomalib_scores(model, ours, ds.test.images(), device))
 
 
 def auroc_over_seeds(ds, ratio: float, device: torch.device, seeds: list[int]) -> dict:

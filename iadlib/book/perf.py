@@ -285,17 +285,16 @@ def styled_settings(settings: pd.DataFrame):
 
 
 #: Issue 2 / 11 targets of PatchCore on the 2-core CPU: (what, record, goal text, test on the value).
-def _targets() -> list[tuple[str, str, str, Any]]:
-    return [
-        ("fit, 1 % coreset (s)", "patchcore.json", "< 30", lambda v: v < 30),
-        ("fit, 10 % coreset (s)", "patchcore.json", "< 90", lambda v: v < 90),
-        ("predict, 1 % coreset (ms/image)", "patchcore.json", "≤ 15", lambda v: v <= 15),
-        ("fit vs anomalib, 1 % (×)", "anomalib_patchcore.json", "≥ 15", lambda v: v >= 15),
-        ("fit vs anomalib, 10 % (×)", "anomalib_patchcore.json", "≥ 50", lambda v: v >= 50),
-        ("predict vs anomalib, 1 % (×)", "anomalib_patchcore.json", "≥ 2", lambda v: v >= 2),
-        ("image AUROC − anomalib's, 1 %, mean over seeds", "patchcore_auroc_seeds.json", "≥ 0", lambda v: v >= 0),
-        ("peak RSS of the fit on ELPV poly (GiB)", "patchcore_poly.json", "< 4", lambda v: v < 4),
-    ]
+PATCHCORE_TARGETS: list[tuple[str, str, str, Any]] = [
+    ("fit, 1 % coreset (s)", "patchcore.json", "< 30", lambda v: v < 30),
+    ("fit, 10 % coreset (s)", "patchcore.json", "< 90", lambda v: v < 90),
+    ("predict, 1 % coreset (ms/image)", "patchcore.json", "≤ 15", lambda v: v <= 15),
+    ("fit vs anomalib, 1 % (×)", "anomalib_patchcore.json", "≥ 15", lambda v: v >= 15),
+    ("fit vs anomalib, 10 % (×)", "anomalib_patchcore.json", "≥ 50", lambda v: v >= 50),
+    ("predict vs anomalib, 1 % (×)", "anomalib_patchcore.json", "≥ 2", lambda v: v >= 2),
+    ("image AUROC − anomalib's, 1 %, mean over seeds", "patchcore_auroc_seeds.json", "≥ 0", lambda v: v >= 0),
+    ("peak RSS of the fit on ELPV poly (GiB)", "patchcore_poly.json", "< 4", lambda v: v < 4),
+]
 
 
 def _row_at(doc: dict[str, Any] | None, ratio: float) -> dict[str, Any] | None:
@@ -331,7 +330,7 @@ def patchcore_targets(results_root: str | Path | None = None, records_dir: str |
         max((get(r, "peak_rss_mb") for r in (poly or {}).get("rows", [])), default=math.nan) / 1024,
     ]
     rows = []
-    for (what, record, goal, ok), value in zip(_targets(), values):
+    for (what, record, goal, ok), value in zip(PATCHCORE_TARGETS, values):
         met = None if math.isnan(value) else bool(ok(value))
         rows.append({"target": what, "measured": value, "goal": goal,
                      "met": {True: "yes", False: "no", None: "not measured"}[met], "record": record})

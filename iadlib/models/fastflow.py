@@ -210,7 +210,6 @@ class FastFlow(Detector):
             verbose=verbose,
         )
         self.backbone = load_backbone(backbone, layers, self.device, weights=weights)
-        self.backbone.to(memory_format=torch.channels_last)
         with torch.no_grad():
             probe = self.backbone(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
         shapes = [tuple(int(d) for d in f.shape[1:]) for f in probe]
@@ -222,7 +221,7 @@ class FastFlow(Detector):
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [f.contiguous() for f in self.backbone(x.contiguous(memory_format=torch.channels_last))]
+        return self.backbone(x)  # channels_last inside the backbone, outputs contiguous
 
     def _train_batches(self, images: list[np.ndarray], gen: torch.Generator) -> Iterator[list[torch.Tensor]]:
         """One epoch of shuffled frozen-feature batches (from the cache when it exists)."""

@@ -94,8 +94,7 @@ class PatchCore(Detector):
             weights=weights,
         )
         self.verbose = verbose
-        self.backbone = load_backbone(backbone, layers, self.device, weights=weights)
-        self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.backbone = load_backbone(backbone, layers, self.device, weights=weights)  # channels_last inside
         self.memory_bank: torch.Tensor | None = None
         self._index = None
 
@@ -104,7 +103,7 @@ class PatchCore(Detector):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Locally aware patch features ``[B, C, h, w]`` of float images ``[B,3,S,S]`` in [0, 1] (Eq. 1–2)."""
         p = self.config["patch_size"]
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device)
         use_amp = self.config["amp"]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             feats = self._frozen_backbone(x)(x)

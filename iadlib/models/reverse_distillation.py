@@ -276,7 +276,6 @@ class ReverseDistillation(Detector):
         )
         self.sigma = 4.0 * self.image_size / 256 if sigma is None else float(sigma)
         self.encoder = load_backbone(backbone, layers, self.device, weights=weights)
-        self.encoder.to(memory_format=torch.channels_last)
         with torch.no_grad():
             probe = self.encoder(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
         channels = [int(f.shape[1]) for f in probe]
@@ -294,7 +293,7 @@ class ReverseDistillation(Detector):
     # --- teacher features -----------------------------------------------------------------------
     @torch.no_grad()
     def _teacher(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [f.contiguous() for f in self.encoder(x.contiguous(memory_format=torch.channels_last))]
+        return self.encoder(x)  # channels_last inside the backbone, outputs contiguous
 
     def _train_batches(self, images: list[np.ndarray], gen: torch.Generator) -> Iterator[list[torch.Tensor]]:
         """One epoch of shuffled frozen-feature batches (from the cache when it exists)."""

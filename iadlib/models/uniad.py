@@ -251,7 +251,6 @@ class UniAD(Detector):
         if not layers or list(layers) != sorted(set(layers)):
             raise ConfigError(f"uniad: layers must be increasing stage indices, got {layers}")
         self.backbone = load_backbone(backbone, layers, self.device, weights=weights)
-        self.backbone.to(memory_format=torch.channels_last)
         with torch.no_grad():
             probe = self.backbone(torch.zeros(1, 3, self.image_size, self.image_size, device=self.device))
         channels = sum(int(f.shape[1]) for f in probe)
@@ -308,7 +307,7 @@ class UniAD(Detector):
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """MFCN neck: the stages resized (bilinear, align_corners) to the deepest grid and concatenated."""
-        feats = self.backbone(x.contiguous(memory_format=torch.channels_last))
+        feats = self.backbone(x)
         return torch.cat(
             [
                 f
